@@ -1,0 +1,281 @@
+"""Unit tests of the algorithm's pieces in fmer_continuous.py, each able to fail on the bug it names."""
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+import fmer_continuous as fm
+
+torch.set_default_dtype(torch.float32)
+
+
+class ConstantField(nn.Module):
+    """v(x, t, s) = c + slope * t, independent of x and s."""
+
+    def __init__(self, c, slope=0.0):
+        super().__init__()
+        self.act_dim = c.shape[-1]
+        self.c, self.slope = c, slope
+
+    def forward(self, obs, x, t):
+        return self.c + self.slope * t + 0.0 * x
+
+
+def test_euler_sampler_exact_for_constant_field():
+    c = torch.tensor([0.7, -1.3, 2.0])
+    obs = torch.randn(5, 4)
+    torch.manual_seed(0)
+    u = fm.sample_candidates(ConstantField(c), obs, num_candidates=8, num_steps=10)
+    torch.manual_seed(0)
+    x0 = torch.randn(5, 8, 3)
+    assert u.shape == (5, 8, 3)
+    torch.testing.assert_close(u, x0 + c, atol=1e-5, rtol=0)
+
+
+def test_euler_sampler_uses_left_time_points():
+    # v = t: Euler with t_k = k/N gives sum_k (k/N) / N = (N - 1) / (2N), not the exact 1/2.
+    c = torch.zeros(2)
+    torch.manual_seed(0)
+    u = fm.sample_candidates(ConstantField(c, slope=1.0), torch.zeros(3, 1), 4, num_steps=10)
+    torch.manual_seed(0)
+    x0 = torch.randn(3, 4, 2)
+    torch.testing.assert_close(u - x0, torch.full_like(u, 9 / 20), atol=1e-5, rtol=0)
+
+
+def test_advantage_weights_per_state_softmax_and_ess():
+    torch.manual_seed(0)
+    q = torch.randn(6, 8) * 3
+    beta = torch.tensor(0.7)
+    w, ess = fm.advantage_weights(q, beta)
+    torch.testing.assert_close(w.sum(dim=1), torch.ones(6))
+    # higher Q, higher weight (a flipped sign would invert this order)
+    assert torch.equal(w.argsort(dim=1), q.argsort(dim=1))
+    torch.testing.assert_close(w, torch.softmax(q / 0.7, dim=1))
+    # invariant to a per-state shift of Q (V(s) cancels), and per state only
+    shift = torch.randn(6, 1) * 100
+    w2, ess2 = fm.advantage_weights(q + shift, beta)
+    torch.testing.assert_close(w2, w, atol=1e-5, rtol=1e-4)
+    q3 = q.clone()
+    q3[1:] = torch.randn(5, 8)
+    assert torch.allclose(fm.advantage_weights(q3, beta)[0][0], w[0])
+    assert ((ess >= 1 - 1e-5) & (ess <= 8 + 1e-5)).all()
+    torch.testing.assert_close(fm.advantage_weights(torch.full((3, 8), 2.5), beta)[1], torch.full((3,), 8.0))
+    one_dominant = torch.zeros(1, 8)
+    one_dominant[0, 3] = 100.0
+    w4, ess4 = fm.advantage_weights(one_dominant, torch.tensor(0.5))
+    assert w4[0, 3] > 0.999 and abs(ess4.item() - 1.0) < 1e-3
+    # a larger beta flattens the weights: ESS grows with beta
+    assert (fm.advantage_weights(q, torch.tensor(5.0))[1] > ess).all()
+
+
+def test_dual_update_directions():
+    def step(measured, target):
+        log_p = torch.tensor(0.0, requires_grad=True)
+        opt = torch.optim.Adam([log_p], lr=0.1)
+        fm.dual_update(log_p, opt, torch.tensor(measured), target)
+        return log_p.item()
+
+    # beta: ESS above target -> weights too uniform -> beta falls; below -> rises
+    assert step(6.0, 4.0) < 0.0
+    assert step(2.0, 4.0) > 0.0
+    # alpha: entropy above target -> alpha falls; below -> rises
+    assert step(-0.5, -1.0) < 0.0
+    assert step(-3.0, -1.0) > 0.0
+
+
+def test_dual_update_clamps():
+    log_p = torch.tensor(9.99, requires_grad=True)
+    opt = torch.optim.SGD([log_p], lr=100.0)
+    fm.dual_update(log_p, opt, torch.tensor(-5.0), 0.0)
+    assert log_p.item() == 10.0
+
+
+def test_update_actor_moves_beta_and_alpha_toward_targets():
+    torch.manual_seed(0)
+    obs_dim, act_dim = 3, 2
+    actor = fm.VelocityField(obs_dim, act_dim, 32)
+    critic = fm.TwinQ(obs_dim, act_dim, 32)
+    with torch.no_grad():  # a critic that cannot tell candidates apart: ESS = K > target
+        for w in critic.weights:
+            w.zero_()
+    log_alpha = torch.tensor(0.0, requires_grad=True)
+    log_beta = torch.tensor(0.0, requires_grad=True)
+    a_opt, b_opt = torch.optim.Adam([log_alpha], lr=0.1), torch.optim.Adam([log_beta], lr=0.1)
+    out = fm.update_actor(torch.randn(16, obs_dim), actor, critic, torch.optim.Adam(actor.parameters()),
+                          log_alpha, a_opt, log_beta, b_opt, 8, 10, ess_target=4.0, target_entropy=50.0)
+    assert abs(out["charts/ess"].item() - 8.0) < 1e-4
+    assert log_beta.item() < 0.0  # ESS 8 > 4: beta must fall
+    assert log_alpha.item() > 0.0  # entropy far below a target of 50 nats: alpha must rise
+
+
+def test_wcfm_one_hot_equals_plain_cfm():
+    torch.manual_seed(0)
+    v, u, x0 = torch.randn(4, 8, 3), torch.randn(4, 8, 3), torch.randn(4, 8, 3)
+    weights = torch.zeros(4, 8)
+    pick = torch.tensor([0, 5, 7, 2])
+    weights[torch.arange(4), pick] = 1.0
+    plain = ((v[torch.arange(4), pick] - (u[torch.arange(4), pick] - x0[torch.arange(4), pick])) ** 2).sum(-1).mean()
+    torch.testing.assert_close(fm.weighted_cfm_loss(v, u, x0, weights), plain)
+    # uniform weights give a different (behaviour-cloning) loss
+    assert not torch.allclose(fm.weighted_cfm_loss(v, u, x0, torch.full((4, 8), 1 / 8)), plain)
+
+
+def _exact_divergence(fn, x):
+    """Trace of d fn / d x for each row of x [B, d], by autograd."""
+    jac = torch.func.vmap(torch.func.jacrev(fn))(x)
+    return jac.diagonal(dim1=-2, dim2=-1).sum(-1)
+
+
+def test_prop1_tanh_correction_matches_autograd_divergence():
+    torch.manual_seed(0)
+    obs_dim, d, B = 5, 4, 64
+    net = fm.VelocityField(obs_dim, d, 64).double()
+    obs = torch.randn(B, obs_dim, dtype=torch.float64)
+    t = torch.rand(B, 1, dtype=torch.float64)
+    x = torch.randn(B, d, dtype=torch.float64) * 1.5
+
+    def latent_field(xi, oi, ti):
+        return net(oi, xi, ti)
+
+    def action_field(ai, oi, ti):  # the induced field in action space, as a function of a = tanh(x)
+        return (1 - ai**2) * net(oi, torch.atanh(ai), ti)
+
+    div_x = torch.func.vmap(lambda xi, oi, ti: torch.func.jacrev(latent_field)(xi, oi, ti).trace())(x, obs, t)
+    div_a = torch.func.vmap(lambda ai, oi, ti: torch.func.jacrev(action_field)(ai, oi, ti).trace())(torch.tanh(x), obs, t)
+    v = net(obs, x, t)
+    torch.testing.assert_close(fm.tanh_corrected_divergence(div_x, x, v), div_a, atol=1e-8, rtol=1e-6)
+    # the correction is not negligible here, so a flipped sign would fail
+    assert (div_x - div_a).abs().mean() > 0.1
+
+
+def test_hutchinson_mean_matches_exact_trace():
+    torch.manual_seed(0)
+    obs_dim, d, B, M = 3, 6, 4, 20000
+    net = fm.VelocityField(obs_dim, d, 64).double()
+    obs, t = torch.randn(B, obs_dim, dtype=torch.float64), torch.rand(B, 1, dtype=torch.float64)
+    x = torch.randn(B, d, dtype=torch.float64)
+    exact = torch.func.vmap(lambda xi, oi, ti: torch.func.jacrev(lambda z: net(oi, z, ti))(xi).trace())(x, obs, t)
+    xr = x.repeat(M, 1).requires_grad_(True)
+    v = net(obs.repeat(M, 1), xr, t.repeat(M, 1))
+    probe = torch.randint(0, 2, xr.shape, dtype=torch.float64) * 2 - 1
+    est = fm.hutchinson_divergence(v, xr, probe).view(M, B)
+    sem = est.std(0) / math.sqrt(M)
+    assert ((est.mean(0) - exact).abs() < 5 * sem + 1e-6).all()
+    assert est.std(0).max() > 0  # one probe per sample is noisy; the mean is what is unbiased
+
+
+class GaussianOTField(nn.Module):
+    """The exact marginal velocity of the OT path from N(0, I) to N(m, sigma^2 I):
+    v(x, t) = m + c_t (x - t m), c_t = (t sigma^2 - (1 - t)) / ((1 - t)^2 + t^2 sigma^2)."""
+
+    def __init__(self, m, sigma):
+        super().__init__()
+        self.act_dim = m.shape[-1]
+        self.m, self.sigma = m, sigma
+
+    def forward(self, obs, x, t):
+        var_t = (1 - t) ** 2 + t**2 * self.sigma**2
+        return self.m + (t * self.sigma**2 - (1 - t)) / var_t * (x - t * self.m)
+
+
+def test_entropy_estimate_matches_gaussian_closed_form():
+    torch.manual_seed(0)
+    B, K = 4096, 8
+    m, sigma = torch.tensor([0.5, -1.0, 0.0]), 0.6
+    d = 3
+    field = GaussianOTField(m, sigma)
+    obs = torch.zeros(B, 1)
+    # Euler samples of the exact field are N(m, sigma^2) up to discretisation; draw them exactly
+    u = m + sigma * torch.randn(B, K, d)
+    latent_true = d * 0.5 * math.log(2 * math.pi * math.e * sigma**2)
+    # action-space entropy of tanh(u): H(u) + E[sum log(1 - tanh(u)^2)], by Monte Carlo
+    u_ref = m + sigma * torch.randn(2_000_000, d, dtype=torch.float64)
+    action_true = latent_true + (2 * (math.log(2) - u_ref.abs() - torch.log1p(torch.exp(-2 * u_ref.abs())))).sum(-1).mean().item()
+
+    _, entropy = fm.flow_losses(field, obs, u, torch.full((B, K), 1 / K))
+    assert abs(entropy.item() - action_true) < 0.05, (entropy.item(), action_true)
+
+    # the latent estimate H(x0) + E[div_x v] of Theorem 2, from the same pieces
+    t = torch.rand(B, K, 1)
+    x0 = torch.randn_like(u)
+    x_t = ((1 - t) * x0 + t * u).requires_grad_(True)
+    v = field(obs, x_t, t)
+    probe = torch.randint(0, 2, u.shape).float() * 2 - 1
+    latent = d * 0.5 * math.log(2 * math.pi * math.e) + fm.hutchinson_divergence(v, x_t, probe).mean()
+    assert abs(latent.item() - latent_true) < 0.05, (latent.item(), latent_true)
+    # the two differ by more than the tolerance, so dropping the tanh correction would fail
+    assert abs(action_true - latent_true) > 0.5
+
+
+def test_h_a0_constant():
+    # exact value (mpmath quadrature): 0.6698041182; the spec's 1.4189 - 0.7484 = 0.6705 is rounded
+    assert abs(fm.H_A0_PER_DIM - 0.6698041182) < 1e-7
+    assert abs(fm.H_A0_PER_DIM - 0.6705) < 1e-3
+    torch.manual_seed(0)
+    z = torch.randn(2_000_000, dtype=torch.float64)
+    mc = 0.5 * math.log(2 * math.pi * math.e) + torch.log(1 - torch.tanh(z) ** 2).mean().item()
+    assert abs(mc - fm.H_A0_PER_DIM) < 3e-3
+
+
+def test_bellman_target_terminations_and_best_candidate():
+    rewards = torch.tensor([1.0, 1.0, -2.0])
+    terminations = torch.tensor([0.0, 1.0, 0.0])
+    next_q = torch.tensor([[1.0, 5.0, 3.0], [7.0, 8.0, 9.0], [-4.0, -1.0, -3.0]])
+    y = fm.bellman_target(rewards, terminations, next_q, gamma=0.9)
+    torch.testing.assert_close(y, torch.tensor([1.0 + 0.9 * 5.0, 1.0, -2.0 + 0.9 * -1.0]))
+
+
+def test_update_critic_target_uses_target_critic_best_candidate():
+    # With lr 0 nothing moves; the loss then tells us which target was used.
+    torch.manual_seed(0)
+    obs_dim, act_dim, B = 3, 2, 32
+    actor, critic = fm.VelocityField(obs_dim, act_dim, 16), fm.TwinQ(obs_dim, act_dim, 16)
+    target_critic = fm.TwinQ(obs_dim, act_dim, 16)
+    batch = (torch.randn(B, obs_dim), torch.rand(B, act_dim) * 2 - 1, torch.randn(B), torch.randn(B, obs_dim),
+             (torch.rand(B) < 0.3).float())
+    torch.manual_seed(1)
+    out = fm.update_critic(batch, actor, critic, target_critic, torch.optim.SGD(critic.parameters(), lr=0.0), 0.99, 8, 10)
+    torch.manual_seed(1)
+    next_a = torch.tanh(fm.sample_candidates(actor, batch[3], 8, 10))
+    with torch.no_grad():
+        next_q = target_critic(batch[3].unsqueeze(1), next_a).min(0).values
+        y = batch[2] + 0.99 * (1 - batch[4]) * next_q.max(1).values
+        q = critic(batch[0], batch[1])
+    torch.testing.assert_close(out["losses/qf_loss"], ((q - y) ** 2).mean(1).sum())
+    with torch.no_grad():
+        y_mean = batch[2] + 0.99 * (1 - batch[4]) * next_q.mean(1)
+    assert not torch.allclose(out["losses/qf_loss"], ((q - y_mean) ** 2).mean(1).sum())
+
+
+def test_twin_q_matches_two_separate_mlps():
+    torch.manual_seed(0)
+    critic = fm.TwinQ(3, 2, 8)
+    obs, act = torch.randn(5, 4, 3), torch.rand(5, 4, 2)
+    out = critic(obs, act)
+    assert out.shape == (2, 5, 4)
+    for j in range(2):
+        h = torch.cat([obs, act], -1)
+        for i, (w, b) in enumerate(zip(critic.weights, critic.biases)):
+            h = h @ w[j] + b[j, 0]
+            if i < 3:
+                h = torch.nn.functional.mish(h)
+        torch.testing.assert_close(out[j], h.squeeze(-1))
+    assert not torch.allclose(out[0], out[1])  # independent initialisations
+
+
+def test_best_of_k_picks_highest_min_q():
+    torch.manual_seed(0)
+    actor = fm.VelocityField(2, 1, 16)
+
+    class PreferPositive(nn.Module):
+        def forward(self, obs, action):
+            q = action.sum(-1)
+            return torch.stack([q, q + 1.0])
+
+    obs = torch.randn(64, 2)
+    torch.manual_seed(3)
+    a = fm.best_of_k_actions(actor, PreferPositive(), obs, 8, 10)
+    torch.manual_seed(3)
+    cands = torch.tanh(fm.sample_candidates(actor, obs, 8, 10))
+    torch.testing.assert_close(a, cands.max(dim=1).values)

@@ -1,0 +1,177 @@
+"""End-to-end tests: fmer_continuous.py run as a user runs it, in a subprocess."""
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import fmer_continuous as fm
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "fmer_continuous.py"
+# Small enough for CI; learning_starts < total_timesteps, so updates (critic and actor) do run.
+SMOKE = ["--env-id", "Pendulum-v1", "--total-timesteps", "500", "--learning-starts", "400", "--num-envs", "2",
+         "--eval-frequency", "250", "--eval-episodes", "2", "--log-frequency", "20", "--hidden-dim", "64",
+         "--batch-size", "64", "--seed", "3"]
+
+
+def run_script(args, cwd, timeout=600):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def read_scalars(run_root: Path) -> dict:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (run_dir,) = list((run_root / "runs").iterdir())
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def documented_tags() -> set:
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Tensorboard tags", 1)[1].split("\n## ", 1)[0]
+    return set(re.findall(r"^\| `([a-zA-Z_]+/[a-zA-Z_]+)` \|", section, flags=re.M))
+
+
+@pytest.fixture(scope="module")
+def two_smoke_runs(tmp_path_factory):
+    results = []
+    for name in ("a", "b"):
+        cwd = tmp_path_factory.mktemp(name)
+        proc = run_script(SMOKE, cwd)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        results.append((proc, read_scalars(cwd)))
+    return results
+
+
+@pytest.mark.slow
+def test_smoke_run_logs_every_documented_tag(two_smoke_runs):
+    proc, scalars = two_smoke_runs[0]
+    tags = documented_tags()
+    assert len(tags) >= 18
+    assert tags <= set(scalars), f"missing tags: {sorted(tags - set(scalars))}"
+    assert set(scalars) <= tags, f"undocumented tags: {sorted(set(scalars) - tags)}"
+    # the updates ran: losses were logged after learning_starts, and the controllers moved
+    assert min(step for step, _ in scalars["losses/wcfm_loss"]) >= 400
+    assert scalars["losses/beta"][-1][1] != pytest.approx(0.5)
+    assert "eval return" in proc.stdout
+
+
+@pytest.mark.slow
+def test_same_seed_same_run_on_cpu(two_smoke_runs):
+    (_, a), (_, b) = two_smoke_runs
+    compared = [t for t in a if t.startswith(("losses/", "eval/", "charts/e"))]
+    assert "losses/qf_loss" in compared and "losses/wcfm_loss" in compared
+    for tag in compared:
+        assert a[tag] == b[tag], tag
+
+
+def one_line_error(proc):
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
+    return lines[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "args, expect",
+    [
+        (["--env-id", "CartPole-v1"], "continuous (Box) action space"),
+        (["--env-id", "NoSuchEnv-v0"], "cannot make env"),
+        (["--eval-only", "--checkpoint", "nowhere/model.fmer_model"], "checkpoint not found"),
+        (["--ess-target", "9"], "--ess-target"),
+    ],
+)
+def test_bad_input_one_line(tmp_path, args, expect):
+    assert expect in one_line_error(run_script(args, tmp_path))
+
+
+@pytest.mark.slow
+def test_non_finite_loss_stops_and_names_it(tmp_path):
+    # gamma = 1e38 overflows the Bellman target, so the critic loss is inf on the first update
+    proc = run_script(["--env-id", "Pendulum-v1", "--total-timesteps", "200", "--learning-starts", "50",
+                       "--log-frequency", "10", "--hidden-dim", "32", "--gamma", "1e38"], tmp_path)
+    assert re.match(r"error: qf_loss is (inf|nan) at step \d+; stopping", one_line_error(proc))
+
+
+def test_infinite_action_bound_is_refused():
+    gym.register("FmerTestUnbounded-v0", entry_point=lambda: _UnboundedEnv())
+    with pytest.raises(SystemExit, match="finite bounds"):
+        fm.check_env("FmerTestUnbounded-v0")
+
+
+class _UnboundedEnv(gym.Env):
+    observation_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+    action_space = gym.spaces.Box(-np.inf, np.inf, (2,), np.float32)
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_a_checkpoint_that_eval_only_loads(tmp_path):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), "--env-id", "Pendulum-v1", "--total-timesteps", "100000",
+                             "--learning-starts", "20", "--log-frequency", "10", "--progress-seconds", "0",
+                             "--hidden-dim", "32", "--save-model"],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    for line in proc.stdout:  # wait until updates are running
+        if line.startswith("step 20/"):
+            break
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    (model,) = list(tmp_path.glob("runs/*/*.fmer_model"))
+    assert "model saved to" in err
+    ckpt = torch.load(model, weights_only=True)
+    assert {"actor", "critic", "log_alpha", "log_beta", "args"} <= set(ckpt)
+    # --eval-only takes the env and width from the checkpoint
+    ev = run_script(["--eval-only", "--checkpoint", str(model), "--eval-episodes", "2"], tmp_path)
+    assert ev.returncode == 0, ev.stderr
+    assert re.search(r"on Pendulum-v1: eval return -?\d+\.\d+ \+- \d+\.\d+ over 2 episodes", ev.stdout), ev.stdout
+
+
+def test_vector_step_stores_true_final_obs_and_bootstraps_truncation():
+    envs = gym.vector.SyncVectorEnv(
+        [lambda: gym.wrappers.RecordEpisodeStatistics(gym.make("Pendulum-v1", max_episode_steps=3))] * 2,
+        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+    )
+    rb = fm.ReplayBuffer(16, 3, 1, torch.device("cpu"))
+    obs, _ = envs.reset(seed=0)
+    for step in range(4):
+        actions = np.zeros((2, 1), np.float32)
+        next_obs, rewards, terminations, truncations, infos = envs.step(actions)
+        fm.add_vector_step(rb, obs, actions, next_obs, rewards, terminations, infos)
+        if step == 2:  # the time limit: truncated, not terminated
+            assert truncations.all() and not terminations.any()
+            final = np.stack(infos["final_obs"])
+            stored = rb.next_obs[4:6].numpy()
+            np.testing.assert_allclose(stored, final, rtol=1e-6)
+            assert not np.allclose(stored, next_obs)  # not the reset observation
+            assert (rb.terminations[:6] == 0).all()  # truncation bootstraps
+            assert [e[2] for e in fm.finished_episodes(infos)] == [3, 3]
+            reset_obs = next_obs.copy()
+        obs = next_obs
+    # the transition after the reset starts from the reset observation: none spans two episodes
+    np.testing.assert_allclose(rb.obs[6:8].numpy(), reset_obs, rtol=1e-6)
+    assert not np.allclose(rb.obs[6:8].numpy(), rb.next_obs[4:6].numpy())
+
+
+def test_vector_step_stores_termination():
+    rb = fm.ReplayBuffer(4, 2, 1, torch.device("cpu"))
+    obs, reset_obs, final_obs = np.zeros((1, 2)), np.full((1, 2), 7.0), np.full((1, 2), 3.0)
+    infos = {"final_obs": np.array([final_obs[0]], dtype=object), "_final_obs": np.array([True]),
+             "final_info": {"episode": {"r": np.array([5.0]), "l": np.array([9])}, "_episode": np.array([True])}}
+    fm.add_vector_step(rb, obs, np.zeros((1, 1)), reset_obs, np.array([1.0]), np.array([True]), infos)
+    assert rb.terminations[0] == 1.0
+    np.testing.assert_allclose(rb.next_obs[0].numpy(), final_obs[0])
+    assert fm.finished_episodes(infos) == [(0, 5.0, 9)]
