@@ -3,6 +3,7 @@
 import math
 import os
 import random
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -110,22 +111,18 @@ def make_vector_env(env_id: str, num_envs: int, seed: int) -> gym.vector.SyncVec
     )
 
 
-def mish_mlp(in_dim: int, out_dim: int, hidden_dim: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Linear(in_dim, hidden_dim), nn.Mish(),
-        nn.Linear(hidden_dim, hidden_dim), nn.Mish(),
-        nn.Linear(hidden_dim, hidden_dim), nn.Mish(),
-        nn.Linear(hidden_dim, out_dim),
-    )
-
-
 class VelocityField(nn.Module):
     """v_theta(x, t, s): the flow's velocity in the latent space (Sec. 4.1)."""
 
     def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int = 256):
         super().__init__()
         self.act_dim = act_dim
-        self.net = mish_mlp(obs_dim + act_dim + 1, act_dim, hidden_dim)
+        self.net = nn.Sequential(
+            nn.Linear(obs_dim + act_dim + 1, hidden_dim), nn.Mish(),
+            nn.Linear(hidden_dim, hidden_dim), nn.Mish(),
+            nn.Linear(hidden_dim, hidden_dim), nn.Mish(),
+            nn.Linear(hidden_dim, act_dim),
+        )
 
     def forward(self, obs: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         # obs [..., obs_dim], x [..., act_dim], t [..., 1]; raw t is enough for 10 Euler steps
@@ -172,12 +169,16 @@ def sample_candidates(velocity: VelocityField, obs: torch.Tensor, num_candidates
     return x
 
 
+def score_candidates(critic: TwinQ, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    """Clipped double Q, min(Q1, Q2), of K candidate actions per state: [B, K, act_dim] -> [B, K]."""
+    return critic(obs.unsqueeze(1), actions).min(dim=0).values
+
+
 @torch.no_grad()
 def best_of_k_actions(velocity: VelocityField, critic: TwinQ, obs: torch.Tensor, num_candidates: int, num_steps: int) -> torch.Tensor:
     """Sec. 4.4: act with the candidate of highest min(Q1, Q2). Returns actions in [-1, 1]."""
     actions = torch.tanh(sample_candidates(velocity, obs, num_candidates, num_steps))
-    q = critic(obs.unsqueeze(1), actions).min(dim=0).values  # [B, K]
-    best = q.argmax(dim=1)
+    best = score_candidates(critic, obs, actions).argmax(dim=1)
     return actions[torch.arange(actions.shape[0], device=obs.device), best]
 
 
@@ -217,7 +218,7 @@ def tanh_corrected_divergence(div_x: torch.Tensor, x: torch.Tensor, v: torch.Ten
 
 
 def tanh_gaussian_entropy_per_dim() -> float:
-    """H(a_0) per dimension for a_0 = tanh(z), z ~ N(0, 1): H(z) + E[log(1 - tanh(z)^2)] (~0.6705 nats)."""
+    """H(a_0) per dimension for a_0 = tanh(z), z ~ N(0, 1): H(z) + E[log(1 - tanh(z)^2)] (0.6698 nats)."""
     z = torch.linspace(-12.0, 12.0, 200_001, dtype=torch.float64)
     density = torch.exp(-0.5 * z**2) / math.sqrt(2 * math.pi)
     # log(1 - tanh(z)^2) = 2 * (log 2 - |z| - log(1 + exp(-2|z|))), stable for large |z|
@@ -274,10 +275,10 @@ class ReplayBuffer:
         self.terminations = torch.zeros(capacity, device=device)
 
     def add(self, obs, next_obs, actions, rewards, terminations):
-        idx = (self.pos + torch.arange(len(obs))) % self.capacity
+        idx = ((self.pos + torch.arange(len(obs))) % self.capacity).to(self.device)
         for buf, val in [(self.obs, obs), (self.next_obs, next_obs), (self.actions, actions),
                          (self.rewards, rewards), (self.terminations, terminations)]:
-            buf[idx.to(self.device)] = torch.as_tensor(val, dtype=torch.float32).to(self.device)
+            buf[idx] = torch.as_tensor(val, dtype=torch.float32).to(self.device)
         self.pos = (self.pos + len(obs)) % self.capacity
         self.size = min(self.size + len(obs), self.capacity)
 
@@ -311,10 +312,10 @@ def update_critic(batch, actor, critic, target_critic, critic_optimizer, gamma, 
     obs, actions, rewards, next_obs, terminations = batch
     with torch.no_grad():
         next_actions = torch.tanh(sample_candidates(actor, next_obs, num_candidates, num_steps))
-        next_q = target_critic(next_obs.unsqueeze(1), next_actions).min(dim=0).values  # [B, K]
+        next_q = score_candidates(target_critic, next_obs, next_actions)
         target = bellman_target(rewards, terminations, next_q, gamma)
     q = critic(obs, actions)  # [2, B]
-    qf_loss = F.mse_loss(q, target.expand_as(q), reduction="none").mean(dim=1).sum()
+    qf_loss = (q - target).pow(2).mean(dim=1).sum()  # Eq. 19, summed over the twins
     critic_optimizer.zero_grad()
     qf_loss.backward()
     critic_optimizer.step()
@@ -327,7 +328,7 @@ def update_actor(obs, actor, critic, actor_optimizer, log_alpha, alpha_optimizer
     beta (toward the target ESS) and alpha (toward the target entropy)."""
     with torch.no_grad():
         u = sample_candidates(actor, obs, num_candidates, num_steps)
-        q = critic(obs.unsqueeze(1), torch.tanh(u)).min(dim=0).values  # [B, K]
+        q = score_candidates(critic, obs, torch.tanh(u))
         weights, ess = advantage_weights(q, log_beta.exp())
     wcfm, entropy = flow_losses(actor, obs, u, weights)
     entropy_loss = -entropy  # Eq. 18
@@ -398,6 +399,10 @@ def check_env(env_id: str) -> tuple[gym.spaces.Box, gym.spaces.Space]:
     return action_space, observation_space
 
 
+def raise_keyboard_interrupt(signum, frame):
+    raise KeyboardInterrupt  # so that SIGTERM (Slurm's time limit, `kill`) saves like Ctrl-C
+
+
 if __name__ == "__main__":
     args = tyro.cli(Args)
     if args.checkpoint is not None and not args.eval_only:
@@ -458,6 +463,7 @@ if __name__ == "__main__":
     # num_envs * updates_per_step critic updates, so the update-to-data ratio does not depend
     # on num_envs.
     obs, _ = envs.reset(seed=args.seed)
+    signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
     global_step, num_updates, last_return = 0, 0, float("nan")
     metrics, next_log, next_eval = {}, args.log_frequency, args.eval_frequency
     start_time = last_print = window_time = time.time()

@@ -118,7 +118,8 @@ class _UnboundedEnv(gym.Env):
 
 
 @pytest.mark.slow
-def test_ctrl_c_saves_a_checkpoint_that_eval_only_loads(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_saves_a_checkpoint_that_eval_only_loads(tmp_path, sig):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, str(SCRIPT), "--env-id", "Pendulum-v1", "--total-timesteps", "100000",
                              "--learning-starts", "20", "--log-frequency", "10", "--progress-seconds", "0",
@@ -127,7 +128,7 @@ def test_ctrl_c_saves_a_checkpoint_that_eval_only_loads(tmp_path):
     for line in proc.stdout:  # wait until updates are running
         if line.startswith("step 20/"):
             break
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     (model,) = list(tmp_path.glob("runs/*/*.fmer_model"))
@@ -138,6 +139,11 @@ def test_ctrl_c_saves_a_checkpoint_that_eval_only_loads(tmp_path):
     ev = run_script(["--eval-only", "--checkpoint", str(model), "--eval-episodes", "2"], tmp_path)
     assert ev.returncode == 0, ev.stderr
     assert re.search(r"on Pendulum-v1: eval return -?\d+\.\d+ \+- \d+\.\d+ over 2 episodes", ev.stdout), ev.stdout
+    # the README's "in your own code" snippet runs as written
+    snippet = (ROOT / "README.md").read_text().split("```python\n", 1)[1].split("```", 1)[0]
+    namespace = {"path": str(model)}
+    exec(snippet, namespace)
+    assert np.isfinite(namespace["reward"])
 
 
 def test_vector_step_stores_true_final_obs_and_bootstraps_truncation():
