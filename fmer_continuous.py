@@ -399,18 +399,27 @@ def check_env(env_id: str) -> tuple[gym.spaces.Box, gym.spaces.Space]:
     return action_space, observation_space
 
 
+def check_args(args: Args) -> None:
+    """Exit with one line on flags that cannot work together."""
+    for name in ("total_timesteps", "num_envs", "buffer_size", "batch_size", "updates_per_step", "policy_frequency",
+                 "hidden_dim", "num_candidates", "ode_steps", "eval_frequency", "eval_episodes", "log_frequency"):
+        if getattr(args, name) < 1:
+            sys.exit(f"error: --{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if not 1.0 <= args.ess_target <= args.num_candidates:
+        sys.exit(f"error: --ess-target must lie in [1, --num-candidates={args.num_candidates}]")
+    if args.checkpoint is not None and not args.eval_only:
+        sys.exit("error: --checkpoint is only read with --eval-only")
+    if args.eval_only and args.checkpoint is None:
+        sys.exit("error: --eval-only needs --checkpoint PATH")
+
+
 def raise_keyboard_interrupt(signum, frame):
     raise KeyboardInterrupt  # so that SIGTERM (Slurm's time limit, `kill`) saves like Ctrl-C
 
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
-    if args.checkpoint is not None and not args.eval_only:
-        sys.exit("error: --checkpoint is only read with --eval-only")
-    if args.eval_only and args.checkpoint is None:
-        sys.exit("error: --eval-only needs --checkpoint PATH")
-    if not 1.0 <= args.ess_target <= args.num_candidates:
-        sys.exit(f"error: --ess-target must lie in [1, --num-candidates={args.num_candidates}]")
+    check_args(args)
 
     random.seed(args.seed)
     np.random.seed(args.seed)

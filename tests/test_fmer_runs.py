@@ -92,6 +92,7 @@ def one_line_error(proc):
         (["--env-id", "NoSuchEnv-v0"], "cannot make env"),
         (["--eval-only", "--checkpoint", "nowhere/model.fmer_model"], "checkpoint not found"),
         (["--ess-target", "9"], "--ess-target"),
+        (["--policy-frequency", "0"], "--policy-frequency must be at least 1"),
     ],
 )
 def test_bad_input_one_line(tmp_path, args, expect):
