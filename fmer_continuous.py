@@ -32,7 +32,7 @@ class Args:
     checkpoint: str | None = None
     """path of a checkpoint saved with --save-model (used with --eval-only)"""
     eval_only: bool = False
-    """evaluate --checkpoint for --eval-episodes episodes and exit"""
+    """evaluate --checkpoint for --eval-episodes episodes and exit (env, width, K and N come from the checkpoint)"""
     log_frequency: int = 100
     """write the training losses to tensorboard every this many env steps"""
     progress_seconds: float = 30.0
@@ -292,7 +292,7 @@ def finished_episodes(infos: dict) -> list[tuple[int, float, int]]:
     if "final_info" not in infos or "_episode" not in infos["final_info"]:
         return []
     episode = infos["final_info"]["episode"]
-    return [(i, float(episode["r"][i]), int(episode["l"][i])) for i in np.flatnonzero(infos["final_info"]["_episode"])]
+    return [(int(i), float(episode["r"][i]), int(episode["l"][i])) for i in np.flatnonzero(infos["final_info"]["_episode"])]
 
 
 def add_vector_step(rb: ReplayBuffer, obs, actions, next_obs, rewards, terminations, infos) -> None:
@@ -431,7 +431,8 @@ if __name__ == "__main__":
 
     checkpoint = load_checkpoint(args.checkpoint, device) if args.eval_only else None
     if checkpoint is not None:  # the network and env must match what was saved
-        args.env_id, args.hidden_dim = checkpoint["args"]["env_id"], checkpoint["args"]["hidden_dim"]
+        for name in ("env_id", "hidden_dim", "num_candidates", "ode_steps"):
+            setattr(args, name, checkpoint["args"][name])
     action_space, observation_space = check_env(args.env_id)
     obs_dim, act_dim = observation_space.shape[0], action_space.shape[0]
     action_scale = (action_space.high - action_space.low) / 2.0
@@ -473,7 +474,7 @@ if __name__ == "__main__":
     # on num_envs.
     obs, _ = envs.reset(seed=args.seed)
     signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
-    global_step, num_updates, last_return = 0, 0, float("nan")
+    global_step, num_updates, last_return, last_saved_step = 0, 0, float("nan"), None
     metrics, next_log, next_eval = {}, args.log_frequency, args.eval_frequency
     start_time = last_print = window_time = time.time()
     window_step = 0
@@ -540,8 +541,8 @@ if __name__ == "__main__":
                 writer.add_scalar("eval/episodic_return", returns.mean(), global_step)
                 writer.add_scalar("eval/episodic_length", lengths.mean(), global_step)
                 print(f"step {global_step}: eval return {returns.mean():.1f} +- {returns.std():.1f}", flush=True)
-                if args.save_model:
-                    save_checkpoint(model_path, actor, critic, log_alpha, log_beta, args)
+                if args.save_model and save_checkpoint(model_path, actor, critic, log_alpha, log_beta, args):
+                    last_saved_step = global_step
     except KeyboardInterrupt:
         if args.save_model and save_checkpoint(model_path, actor, critic, log_alpha, log_beta, args):
             print(f"interrupted at step {global_step}; model saved to {model_path}", file=sys.stderr)
@@ -555,6 +556,6 @@ if __name__ == "__main__":
         eval_envs.close()
         writer.close()
 
-    if args.save_model:
-        print(f"model saved to {model_path}")
+    if args.save_model and last_saved_step is not None:
+        print(f"model of step {last_saved_step} saved to {model_path}")
     print(f"done: {global_step} steps in {(time.time() - start_time) / 60:.1f} min")

@@ -1,6 +1,7 @@
 """Unit tests of the algorithm's pieces in fmer_continuous.py, each able to fail on the bug it names."""
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -41,6 +42,25 @@ def test_euler_sampler_uses_left_time_points():
     torch.manual_seed(0)
     x0 = torch.randn(3, 4, 2)
     torch.testing.assert_close(u - x0, torch.full_like(u, 9 / 20), atol=1e-5, rtol=0)
+
+
+class LinearField(nn.Module):
+    """v(x) = lam * x: Euler gives x_N = (1 + lam / N)^N x0, which needs v evaluated at each x_k."""
+
+    def __init__(self, act_dim, lam):
+        super().__init__()
+        self.act_dim, self.lam = act_dim, lam
+
+    def forward(self, obs, x, t):
+        return self.lam * x
+
+
+def test_euler_sampler_follows_the_state():
+    torch.manual_seed(0)
+    u = fm.sample_candidates(LinearField(2, -0.7), torch.zeros(3, 1), 4, num_steps=10)
+    torch.manual_seed(0)
+    x0 = torch.randn(3, 4, 2)
+    torch.testing.assert_close(u, (1 - 0.07) ** 10 * x0, atol=1e-5, rtol=1e-5)
 
 
 def test_advantage_weights_per_state_softmax_and_ess():
@@ -109,6 +129,70 @@ def test_update_actor_moves_beta_and_alpha_toward_targets():
     assert log_alpha.item() > 0.0  # entropy far below a target of 50 nats: alpha must rise
 
 
+def test_replay_buffer_wraps_around():
+    rb = fm.ReplayBuffer(4, 1, 1, torch.device("cpu"))
+    for start in (0, 3):  # 3 then 3 more transitions: the last 4 stay, the oldest 2 are overwritten
+        vals = np.arange(start, start + 3, dtype=np.float32)[:, None]
+        rb.add(vals, vals + 100, vals, vals[:, 0], np.zeros(3))
+    assert rb.size == 4 and rb.pos == 2
+    assert sorted(rb.obs[:, 0].tolist()) == [2.0, 3.0, 4.0, 5.0]
+    torch.testing.assert_close(rb.next_obs, rb.obs + 100)
+    obs, actions, rewards, next_obs, terminations = rb.sample(64)
+    assert set(obs[:, 0].tolist()) <= {2.0, 3.0, 4.0, 5.0}
+    torch.testing.assert_close(rewards, obs[:, 0])
+
+
+def test_actor_step_with_large_alpha_raises_entropy():
+    torch.manual_seed(0)
+    obs_dim, act_dim, B = 3, 2, 256
+    actor, critic = fm.VelocityField(obs_dim, act_dim, 32), fm.TwinQ(obs_dim, act_dim, 32)
+    obs = torch.randn(B, obs_dim)
+
+    def entropy_now():
+        torch.manual_seed(123)
+        u = fm.sample_candidates(actor, obs, 8, 10)
+        return fm.flow_losses(actor, obs, u, torch.full((B, 8), 1 / 8))[1].item()
+
+    with torch.no_grad():  # start from a narrow policy: shrink the last layer and bias it away from 0
+        actor.net[-1].weight.mul_(0.1)
+        actor.net[-1].bias.fill_(1.5)
+    before = entropy_now()
+    log_alpha = torch.tensor(math.log(100.0), requires_grad=True)
+    log_beta = torch.tensor(0.0, requires_grad=True)
+    frozen = torch.optim.SGD([log_alpha, log_beta], lr=0.0)
+    opt = torch.optim.Adam(actor.parameters(), lr=1e-3)
+    for _ in range(30):
+        fm.update_actor(obs, actor, critic, opt, log_alpha, frozen, log_beta, frozen, 8, 10, 4.0, 0.0)
+    assert entropy_now() > before + 0.3
+
+
+@pytest.mark.slow
+def test_alpha_and_beta_track_their_targets():
+    """FMER_SPEC 4b: at the default controller rates the ESS and the entropy settle at their targets."""
+    torch.manual_seed(0)
+    obs_dim, act_dim, B = 4, 2, 64
+    actor, critic = fm.VelocityField(obs_dim, act_dim, 64), fm.TwinQ(obs_dim, act_dim, 64)
+    with torch.no_grad():  # a fixed critic with clear preferences among candidates
+        for w in critic.weights:
+            w.mul_(3)
+    args = fm.Args()
+    log_alpha = torch.tensor(math.log(args.alpha_init), requires_grad=True)
+    log_beta = torch.tensor(math.log(args.beta_init), requires_grad=True)
+    alpha_opt = torch.optim.Adam([log_alpha], lr=args.alpha_lr)
+    beta_opt = torch.optim.Adam([log_beta], lr=args.beta_lr)
+    opt = torch.optim.Adam(actor.parameters(), lr=1e-3)
+    target = -1.0 * act_dim
+    ess, entropy = [], []
+    for _ in range(300):
+        out = fm.update_actor(torch.randn(B, obs_dim), actor, critic, opt, log_alpha, alpha_opt, log_beta, beta_opt,
+                              8, 10, args.ess_target, target)
+        ess.append(out["charts/ess"].item())
+        entropy.append(out["charts/entropy"].item())
+    assert entropy[0] > target + 2.0  # it started far above the target
+    assert abs(np.mean(ess[-100:]) - args.ess_target) < 0.4, np.mean(ess[-100:])
+    assert abs(np.mean(entropy[-100:]) - target) < 0.6, np.mean(entropy[-100:])
+
+
 def test_wcfm_one_hot_equals_plain_cfm():
     torch.manual_seed(0)
     v, u, x0 = torch.randn(4, 8, 3), torch.randn(4, 8, 3), torch.randn(4, 8, 3)
@@ -147,6 +231,16 @@ def test_prop1_tanh_correction_matches_autograd_divergence():
     torch.testing.assert_close(fm.tanh_corrected_divergence(div_x, x, v), div_a, atol=1e-8, rtol=1e-6)
     # the correction is not negligible here, so a flipped sign would fail
     assert (div_x - div_a).abs().mean() > 0.1
+
+
+def test_hutchinson_divergence_is_differentiable_in_theta():
+    torch.manual_seed(0)
+    net = fm.VelocityField(3, 2, 16)
+    x = torch.randn(8, 2, requires_grad=True)
+    v = net(torch.randn(8, 3), x, torch.rand(8, 1))
+    div = fm.hutchinson_divergence(v, x, torch.ones(8, 2))
+    grads = torch.autograd.grad(div.sum(), list(net.parameters()), allow_unused=True)
+    assert any(g is not None and g.abs().sum() > 0 for g in grads[:-1])  # hidden layers shape div_x v
 
 
 def test_hutchinson_mean_matches_exact_trace():
@@ -193,7 +287,9 @@ def test_entropy_estimate_matches_gaussian_closed_form():
     u_ref = m + sigma * torch.randn(2_000_000, d, dtype=torch.float64)
     action_true = latent_true + (2 * (math.log(2) - u_ref.abs() - torch.log1p(torch.exp(-2 * u_ref.abs())))).sum(-1).mean().item()
 
-    _, entropy = fm.flow_losses(field, obs, u, torch.full((B, K), 1 / K))
+    # weights play no part in the entropy: it is the policy's own, over all its candidates
+    weights = torch.softmax(torch.randn(B, K) * 3 + 3 * torch.arange(K), dim=1)
+    _, entropy = fm.flow_losses(field, obs, u, weights)
     assert abs(entropy.item() - action_true) < 0.05, (entropy.item(), action_true)
 
     # the latent estimate H(x0) + E[div_x v] of Theorem 2, from the same pieces
@@ -206,6 +302,13 @@ def test_entropy_estimate_matches_gaussian_closed_form():
     assert abs(latent.item() - latent_true) < 0.05, (latent.item(), latent_true)
     # the two differ by more than the tolerance, so dropping the tanh correction would fail
     assert abs(action_true - latent_true) > 0.5
+
+
+def test_linear_schedule():
+    assert fm.linear_schedule(3e-4, 3e-5, 0.0) == 3e-4
+    assert fm.linear_schedule(3e-4, 3e-5, 1.0) == pytest.approx(3e-5)
+    assert fm.linear_schedule(0.0, -1.0, 0.25) == pytest.approx(-0.25)
+    assert fm.linear_schedule(0.0, -1.0, 1.7) == pytest.approx(-1.0)
 
 
 def test_h_a0_constant():
@@ -268,14 +371,14 @@ def test_best_of_k_picks_highest_min_q():
     torch.manual_seed(0)
     actor = fm.VelocityField(2, 1, 16)
 
-    class PreferPositive(nn.Module):
+    class OpposedTwins(nn.Module):  # min(Q1, Q2) = -|a|: the best candidate is the one nearest 0
         def forward(self, obs, action):
             q = action.sum(-1)
-            return torch.stack([q, q + 1.0])
+            return torch.stack([q, -q])
 
     obs = torch.randn(64, 2)
     torch.manual_seed(3)
-    a = fm.best_of_k_actions(actor, PreferPositive(), obs, 8, 10)
+    a = fm.best_of_k_actions(actor, OpposedTwins(), obs, 8, 10)
     torch.manual_seed(3)
     cands = torch.tanh(fm.sample_candidates(actor, obs, 8, 10))
-    torch.testing.assert_close(a, cands.max(dim=1).values)
+    torch.testing.assert_close(a, cands[torch.arange(64), cands.abs().squeeze(-1).argmin(dim=1)])

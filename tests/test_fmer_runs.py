@@ -65,6 +65,11 @@ def test_smoke_run_logs_every_documented_tag(two_smoke_runs):
     assert min(step for step, _ in scalars["losses/wcfm_loss"]) >= 400
     assert scalars["losses/beta"][-1][1] != pytest.approx(0.5)
     assert "eval return" in proc.stdout
+    # the annealed actor lr and entropy target (Pendulum: 1 action dimension) follow their schedules
+    for step, lr in scalars["charts/learning_rate"]:
+        assert lr == pytest.approx(fm.linear_schedule(3e-4, 3e-5, step / 500), rel=1e-5)
+    for step, target in scalars["charts/target_entropy"]:
+        assert target == pytest.approx(fm.linear_schedule(0.0, -1.0, step / 500), abs=1e-6)
 
 
 @pytest.mark.slow
@@ -140,6 +145,12 @@ def test_interrupt_saves_a_checkpoint_that_eval_only_loads(tmp_path, sig):
     ev = run_script(["--eval-only", "--checkpoint", str(model), "--eval-episodes", "2"], tmp_path)
     assert ev.returncode == 0, ev.stderr
     assert re.search(r"on Pendulum-v1: eval return -?\d+\.\d+ \+- \d+\.\d+ over 2 episodes", ev.stdout), ev.stdout
+    # the weights are really loaded: another actor gives another evaluation
+    ckpt["actor"]["net.6.bias"] += 2.0
+    torch.save(ckpt, tmp_path / "shifted.fmer_model")
+    ev2 = run_script(["--eval-only", "--checkpoint", str(tmp_path / "shifted.fmer_model"), "--eval-episodes", "2"], tmp_path)
+    assert ev2.returncode == 0, ev2.stderr
+    assert ev2.stdout.split("eval return")[1] != ev.stdout.split("eval return")[1]
     # the README's "in your own code" snippet runs as written
     snippet = (ROOT / "README.md").read_text().split("```python\n", 1)[1].split("```", 1)[0]
     namespace = {"path": str(model)}
@@ -148,37 +159,41 @@ def test_interrupt_saves_a_checkpoint_that_eval_only_loads(tmp_path, sig):
 
 
 def test_vector_step_stores_true_final_obs_and_bootstraps_truncation():
-    envs = gym.vector.SyncVectorEnv(
-        [lambda: gym.wrappers.RecordEpisodeStatistics(gym.make("Pendulum-v1", max_episode_steps=3))] * 2,
-        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
-    )
-    rb = fm.ReplayBuffer(16, 3, 1, torch.device("cpu"))
+    envs = fm.make_vector_env("Pendulum-v1", 2, seed=0)  # 200-step time limit, never terminates
+    rb = fm.ReplayBuffer(512, 3, 1, torch.device("cpu"))
     obs, _ = envs.reset(seed=0)
-    for step in range(4):
-        actions = np.zeros((2, 1), np.float32)
+    actions = np.zeros((2, 1), np.float32)
+    for step in range(201):
         next_obs, rewards, terminations, truncations, infos = envs.step(actions)
         fm.add_vector_step(rb, obs, actions, next_obs, rewards, terminations, infos)
-        if step == 2:  # the time limit: truncated, not terminated
+        if step == 199:  # the time limit: truncated, not terminated
             assert truncations.all() and not terminations.any()
             final = np.stack(infos["final_obs"])
-            stored = rb.next_obs[4:6].numpy()
+            stored = rb.next_obs[398:400].numpy()
             np.testing.assert_allclose(stored, final, rtol=1e-6)
             assert not np.allclose(stored, next_obs)  # not the reset observation
-            assert (rb.terminations[:6] == 0).all()  # truncation bootstraps
-            assert [e[2] for e in fm.finished_episodes(infos)] == [3, 3]
+            assert [e[2] for e in fm.finished_episodes(infos)] == [200, 200]
             reset_obs = next_obs.copy()
         obs = next_obs
+    assert (rb.terminations[:402] == 0).all()  # truncation bootstraps
     # the transition after the reset starts from the reset observation: none spans two episodes
-    np.testing.assert_allclose(rb.obs[6:8].numpy(), reset_obs, rtol=1e-6)
-    assert not np.allclose(rb.obs[6:8].numpy(), rb.next_obs[4:6].numpy())
+    np.testing.assert_allclose(rb.obs[400:402].numpy(), reset_obs, rtol=1e-6)
 
 
 def test_vector_step_stores_termination():
-    rb = fm.ReplayBuffer(4, 2, 1, torch.device("cpu"))
-    obs, reset_obs, final_obs = np.zeros((1, 2)), np.full((1, 2), 7.0), np.full((1, 2), 3.0)
-    infos = {"final_obs": np.array([final_obs[0]], dtype=object), "_final_obs": np.array([True]),
-             "final_info": {"episode": {"r": np.array([5.0]), "l": np.array([9])}, "_episode": np.array([True])}}
-    fm.add_vector_step(rb, obs, np.zeros((1, 1)), reset_obs, np.array([1.0]), np.array([True]), infos)
-    assert rb.terminations[0] == 1.0
-    np.testing.assert_allclose(rb.next_obs[0].numpy(), final_obs[0])
-    assert fm.finished_episodes(infos) == [(0, 5.0, 9)]
+    envs = fm.make_vector_env("InvertedPendulum-v5", 1, seed=0)  # falls over within a few steps
+    rb = fm.ReplayBuffer(64, 4, 1, torch.device("cpu"))
+    obs, _ = envs.reset(seed=0)
+    episode_return = 0.0
+    for step in range(64):
+        actions = np.full((1, 1), 3.0, np.float32)
+        next_obs, rewards, terminations, truncations, infos = envs.step(actions)
+        episode_return += float(rewards[0])
+        fm.add_vector_step(rb, obs, actions, next_obs, rewards, terminations, infos)
+        if terminations[0]:
+            break
+        obs = next_obs
+    assert terminations[0] and rb.terminations[step] == 1.0 and (rb.terminations[:step] == 0).all()
+    np.testing.assert_allclose(rb.next_obs[step].numpy(), infos["final_obs"][0], rtol=1e-6)
+    assert not np.allclose(rb.next_obs[step].numpy(), next_obs[0])
+    assert fm.finished_episodes(infos) == [(0, episode_return, step + 1)]
