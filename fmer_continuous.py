@@ -377,9 +377,12 @@ def load_checkpoint(path: str, device: torch.device) -> dict:
     if not os.path.isfile(path):
         sys.exit(f"error: checkpoint not found: {path}")
     try:
-        return torch.load(path, map_location=device, weights_only=True)
+        checkpoint = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:  # a truncated or foreign file
-        sys.exit(f"error: cannot read checkpoint {path}: {type(e).__name__}: {e}")
+        sys.exit(f"error: cannot read checkpoint {path} ({type(e).__name__})")
+    if not isinstance(checkpoint, dict) or not {"actor", "critic", "args"} <= set(checkpoint):
+        sys.exit(f"error: {path} is not a checkpoint saved by --save-model")
+    return checkpoint
 
 
 def check_env(env_id: str) -> tuple[gym.spaces.Box, gym.spaces.Space]:
@@ -446,8 +449,11 @@ if __name__ == "__main__":
     eval_envs.reset(seed=args.seed + 10_000)  # seeds the eval envs' RNGs once; evaluate() continues them
 
     if checkpoint is not None:
-        actor.load_state_dict(checkpoint["actor"])
-        critic.load_state_dict(checkpoint["critic"])
+        try:
+            actor.load_state_dict(checkpoint["actor"])
+            critic.load_state_dict(checkpoint["critic"])
+        except RuntimeError as e:
+            sys.exit(f"error: {args.checkpoint} does not fit {args.env_id}: {str(e).splitlines()[0]}")
         returns, lengths = evaluate(actor, critic, eval_envs, action_scale, action_bias,
                                     args.num_candidates, args.ode_steps, device)
         print(f"{args.checkpoint} on {args.env_id}: eval return {returns.mean():.2f} +- {returns.std():.2f} "

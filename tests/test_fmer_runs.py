@@ -98,6 +98,7 @@ def one_line_error(proc):
         (["--eval-only", "--checkpoint", "nowhere/model.fmer_model"], "checkpoint not found"),
         (["--ess-target", "9"], "--ess-target"),
         (["--policy-frequency", "0"], "--policy-frequency must be at least 1"),
+        (["--eval-only", "--checkpoint", str(ROOT / "README.md")], "cannot read checkpoint"),
     ],
 )
 def test_bad_input_one_line(tmp_path, args, expect):
