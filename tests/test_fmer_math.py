@@ -193,6 +193,28 @@ def test_alpha_and_beta_track_their_targets():
     assert abs(np.mean(entropy[-100:]) - target) < 0.6, np.mean(entropy[-100:])
 
 
+@pytest.mark.slow
+def test_policy_improves_on_a_one_step_bandit():
+    """End to end: critic and actor updates on r(a) = -4 (a - 0.5)^2 with one-step episodes move the
+    policy from around 0 to the optimum. Softmax(-Q / beta) or uniform weights would not."""
+    torch.manual_seed(0)
+    obs_dim, act_dim, B, H = 2, 1, 128, 64
+    actor, critic, target_critic = fm.VelocityField(obs_dim, act_dim, H), fm.TwinQ(obs_dim, act_dim, H), fm.TwinQ(obs_dim, act_dim, H)
+    target_critic.load_state_dict(critic.state_dict())
+    actor_opt, critic_opt = torch.optim.Adam(actor.parameters(), lr=1e-3), torch.optim.Adam(critic.parameters(), lr=1e-3)
+    log_alpha, log_beta = torch.tensor(math.log(0.5), requires_grad=True), torch.tensor(math.log(0.5), requires_grad=True)
+    alpha_opt, beta_opt = torch.optim.Adam([log_alpha], lr=3e-3), torch.optim.Adam([log_beta], lr=3e-2)
+    obs = torch.zeros(B, obs_dim)
+    for _ in range(250):
+        actions = torch.rand(B, act_dim) * 2 - 1
+        rewards = -4 * ((actions - 0.5) ** 2).sum(-1)
+        fm.update_critic((obs, actions, rewards, obs, torch.ones(B)), actor, critic, target_critic, critic_opt, 0.99, 8, 10)
+        fm.update_actor(obs, actor, critic, actor_opt, log_alpha, alpha_opt, log_beta, beta_opt, 8, 10, 4.0, -2.0)
+    a = torch.tanh(fm.sample_candidates(actor, obs[:1], 1000, 10)).flatten()
+    assert abs(a.mean().item() - 0.5) < 0.15, a.mean().item()
+    assert a.std().item() < 0.35
+
+
 def test_wcfm_one_hot_equals_plain_cfm():
     torch.manual_seed(0)
     v, u, x0 = torch.randn(4, 8, 3), torch.randn(4, 8, 3), torch.randn(4, 8, 3)
