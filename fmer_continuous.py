@@ -529,8 +529,8 @@ if __name__ == "__main__":
                     values = torch.stack(list(metrics.values())).tolist()  # the one host sync per log
                     for name, value in zip(metrics, values):
                         if not math.isfinite(value):
-                            sys.exit(f"error: {name.split('/')[1]} is {value} at step {global_step}; stopping"
-                                     + (f" (last good checkpoint: {model_path})" if args.save_model else ""))
+                            kept = f" (checkpoint of step {last_saved_step} kept)" if last_saved_step is not None else ""
+                            sys.exit(f"error: {name.split('/')[1]} is {value} at step {global_step}; stopping{kept}")
                         writer.add_scalar(name, value, global_step)
                     writer.add_scalar("charts/target_entropy", target_entropy, global_step)
                     writer.add_scalar("charts/learning_rate", actor_optimizer.param_groups[0]["lr"], global_step)
