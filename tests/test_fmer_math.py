@@ -5,13 +5,26 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 import fmer_continuous as fm
 
 torch.set_default_dtype(torch.float32)
 
 
-class ConstantField(nn.Module):
+class ClosedFormField(nn.Module):
+    """A hand-written velocity field with VelocityField's interface: velocity(x, t) and its
+    x-Jacobian applied to a probe, jvp(x, t, probe). The state plays no part."""
+
+    def embed_obs(self, obs):
+        return obs
+
+    def forward(self, obs_embedding, x, t, probe=None):
+        v = self.velocity(x, t)
+        return v if probe is None else (v, self.jvp(x, t, probe))
+
+
+class ConstantField(ClosedFormField):
     """v(x, t, s) = c + slope * t, independent of x and s."""
 
     def __init__(self, c, slope=0.0):
@@ -19,7 +32,7 @@ class ConstantField(nn.Module):
         self.act_dim = c.shape[-1]
         self.c, self.slope = c, slope
 
-    def forward(self, obs, x, t):
+    def velocity(self, x, t):
         return self.c + self.slope * t + 0.0 * x
 
 
@@ -44,14 +57,14 @@ def test_euler_sampler_uses_left_time_points():
     torch.testing.assert_close(u - x0, torch.full_like(u, 9 / 20), atol=1e-5, rtol=0)
 
 
-class LinearField(nn.Module):
+class LinearField(ClosedFormField):
     """v(x) = lam * x: Euler gives x_N = (1 + lam / N)^N x0, which needs v evaluated at each x_k."""
 
     def __init__(self, act_dim, lam):
         super().__init__()
         self.act_dim, self.lam = act_dim, lam
 
-    def forward(self, obs, x, t):
+    def velocity(self, x, t):
         return self.lam * x
 
 
@@ -154,8 +167,8 @@ def test_actor_step_with_large_alpha_raises_entropy():
         return fm.flow_losses(actor, obs, u, torch.full((B, 8), 1 / 8))[1].item()
 
     with torch.no_grad():  # start from a narrow policy: shrink the last layer and bias it away from 0
-        actor.net[-1].weight.mul_(0.1)
-        actor.net[-1].bias.fill_(1.5)
+        actor.layers[-1].weight.mul_(0.1)
+        actor.layers[-1].bias.fill_(1.5)
     before = entropy_now()
     log_alpha = torch.tensor(math.log(100.0), requires_grad=True)
     log_beta = torch.tensor(0.0, requires_grad=True)
@@ -208,7 +221,7 @@ def test_policy_improves_on_a_one_step_bandit():
     for _ in range(250):
         actions = torch.rand(B, act_dim) * 2 - 1
         rewards = -4 * ((actions - 0.5) ** 2).sum(-1)
-        fm.update_critic((obs, actions, rewards, obs, torch.ones(B)), actor, critic, target_critic, critic_opt, 0.99, 8, 10)
+        fm.update_critic((obs, actions, rewards, obs, torch.ones(B)), actor, critic, target_critic, critic_opt, 0.99, 0.005, 8, 10)
         fm.update_actor(obs, actor, critic, actor_opt, log_alpha, alpha_opt, log_beta, beta_opt, 8, 10, 4.0, -2.0)
     a = torch.tanh(fm.sample_candidates(actor, obs[:1], 1000, 10)).flatten()
     assert abs(a.mean().item() - 0.5) < 0.15, a.mean().item()
@@ -242,27 +255,77 @@ def test_prop1_tanh_correction_matches_autograd_divergence():
     x = torch.randn(B, d, dtype=torch.float64) * 1.5
 
     def latent_field(xi, oi, ti):
-        return net(oi, xi, ti)
+        return net(net.embed_obs(oi), xi, ti)
 
     def action_field(ai, oi, ti):  # the induced field in action space, as a function of a = tanh(x)
-        return (1 - ai**2) * net(oi, torch.atanh(ai), ti)
+        return (1 - ai**2) * latent_field(torch.atanh(ai), oi, ti)
 
     div_x = torch.func.vmap(lambda xi, oi, ti: torch.func.jacrev(latent_field)(xi, oi, ti).trace())(x, obs, t)
     div_a = torch.func.vmap(lambda ai, oi, ti: torch.func.jacrev(action_field)(ai, oi, ti).trace())(torch.tanh(x), obs, t)
-    v = net(obs, x, t)
+    v = net(net.embed_obs(obs), x, t)
     torch.testing.assert_close(fm.tanh_corrected_divergence(div_x, x, v), div_a, atol=1e-8, rtol=1e-6)
     # the correction is not negligible here, so a flipped sign would fail
     assert (div_x - div_a).abs().mean() > 0.1
 
 
-def test_hutchinson_divergence_is_differentiable_in_theta():
+def test_mish_matches_torch_including_its_tails():
+    x = torch.cat([torch.linspace(-100, 100, 2001), torch.tensor([-1e4, -30.0, 19.99, 20.0, 20.01, 30.0, 1e4])])
+    x = x.double().requires_grad_(True)
+    ours, slope = fm.mish(x, with_derivative=True)
+    ref = F.mish(x)
+    torch.testing.assert_close(ours, ref, atol=1e-12, rtol=1e-12)
+    (ref_slope,) = torch.autograd.grad(ref.sum(), x, create_graph=True)
+    torch.testing.assert_close(slope, ref_slope, atol=1e-9, rtol=1e-9)
+    # autograd through our form gives the same first and second derivatives as through F.mish
+    (our_grad,) = torch.autograd.grad(fm.mish(x).sum(), x, create_graph=True)
+    torch.testing.assert_close(our_grad, ref_slope, atol=1e-9, rtol=1e-9)
+    (our_curv,) = torch.autograd.grad(slope.sum(), x)
+    (ref_curv,) = torch.autograd.grad(ref_slope.sum(), x)
+    inner = x.abs() <= 100  # F.mish's own second derivative overflows to nan at 1e4
+    torch.testing.assert_close(our_curv[inner], ref_curv[inner], atol=1e-9, rtol=1e-7)
+    assert torch.isfinite(our_curv).all()
+    assert torch.isfinite(fm.mish(torch.tensor([-1e4, 1e4]))).all()  # float32: no inf / inf
+
+
+def _divergence_by_double_backward(net, obs, x, t, probe):
+    """The textbook Hutchinson estimate e^T (dv/dx) e through a vector-Jacobian product."""
+    x = x.detach().requires_grad_(True)
+    v = net(net.embed_obs(obs), x, t)
+    (vjp,) = torch.autograd.grad(v, x, grad_outputs=probe, create_graph=True)
+    return (vjp * probe).sum(-1)
+
+
+def test_velocity_jvp_matches_autograd_jacobian():
     torch.manual_seed(0)
-    net = fm.VelocityField(3, 2, 16)
-    x = torch.randn(8, 2, requires_grad=True)
-    v = net(torch.randn(8, 3), x, torch.rand(8, 1))
-    div = fm.hutchinson_divergence(v, x, torch.ones(8, 2))
-    grads = torch.autograd.grad(div.sum(), list(net.parameters()), allow_unused=True)
-    assert any(g is not None and g.abs().sum() > 0 for g in grads[:-1])  # hidden layers shape div_x v
+    obs_dim, d, B = 4, 3, 32
+    net = fm.VelocityField(obs_dim, d, 32).double()
+    with torch.no_grad():  # spread the pre-activations over Mish's clamp and its negative tail
+        for layer in net.layers:
+            layer.weight.mul_(6.0)
+    obs, t = torch.randn(B, obs_dim, dtype=torch.float64), torch.rand(B, 1, dtype=torch.float64)
+    x, probe = torch.randn(B, d, dtype=torch.float64), torch.randn(B, d, dtype=torch.float64)
+    v, jvp = net(net.embed_obs(obs), x, t, probe)
+    jac = torch.func.vmap(torch.func.jacrev(lambda xi, oi, ti: net(net.embed_obs(oi), xi, ti)))(x, obs, t)
+    torch.testing.assert_close(v, net(net.embed_obs(obs), x, t))
+    torch.testing.assert_close(jvp, torch.einsum("bij,bj->bi", jac, probe), atol=1e-10, rtol=1e-8)
+
+
+def test_hutchinson_divergence_gradient_matches_double_backward():
+    # the forward-mode estimate must give the actor the same gradient as the vjp one would
+    torch.manual_seed(0)
+    net = fm.VelocityField(3, 2, 16).double()
+    obs, x, t = torch.randn(8, 3).double(), torch.randn(8, 2).double(), torch.rand(8, 1).double()
+    probe = torch.randint(0, 2, (8, 2)).double() * 2 - 1
+    _, jvp = net(net.embed_obs(obs), x, t, probe)
+    div = fm.hutchinson_divergence(jvp, probe)
+    ref = _divergence_by_double_backward(net, obs, x, t, probe)
+    torch.testing.assert_close(div, ref)
+    params = list(net.parameters())[:-1]  # the last bias does not enter the divergence
+    grads = torch.autograd.grad(div.sum(), params)
+    ref_grads = torch.autograd.grad(ref.sum(), params)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r)
+    assert all(g.abs().sum() > 0 for g in grads[2:])  # the hidden layers shape div_x v
 
 
 def test_hutchinson_mean_matches_exact_trace():
@@ -271,17 +334,16 @@ def test_hutchinson_mean_matches_exact_trace():
     net = fm.VelocityField(obs_dim, d, 64).double()
     obs, t = torch.randn(B, obs_dim, dtype=torch.float64), torch.rand(B, 1, dtype=torch.float64)
     x = torch.randn(B, d, dtype=torch.float64)
-    exact = torch.func.vmap(lambda xi, oi, ti: torch.func.jacrev(lambda z: net(oi, z, ti))(xi).trace())(x, obs, t)
-    xr = x.repeat(M, 1).requires_grad_(True)
-    v = net(obs.repeat(M, 1), xr, t.repeat(M, 1))
-    probe = torch.randint(0, 2, xr.shape, dtype=torch.float64) * 2 - 1
-    est = fm.hutchinson_divergence(v, xr, probe).view(M, B)
+    exact = torch.func.vmap(lambda xi, oi, ti: torch.func.jacrev(lambda z: net(net.embed_obs(oi), z, ti))(xi).trace())(x, obs, t)
+    probe = torch.randint(0, 2, (M * B, d), dtype=torch.float64) * 2 - 1
+    _, jvp = net(net.embed_obs(obs.repeat(M, 1)), x.repeat(M, 1), t.repeat(M, 1), probe)
+    est = fm.hutchinson_divergence(jvp, probe).view(M, B)
     sem = est.std(0) / math.sqrt(M)
     assert ((est.mean(0) - exact).abs() < 5 * sem + 1e-6).all()
     assert est.std(0).max() > 0  # one probe per sample is noisy; the mean is what is unbiased
 
 
-class GaussianOTField(nn.Module):
+class GaussianOTField(ClosedFormField):
     """The exact marginal velocity of the OT path from N(0, I) to N(m, sigma^2 I):
     v(x, t) = m + c_t (x - t m), c_t = (t sigma^2 - (1 - t)) / ((1 - t)^2 + t^2 sigma^2)."""
 
@@ -290,9 +352,14 @@ class GaussianOTField(nn.Module):
         self.act_dim = m.shape[-1]
         self.m, self.sigma = m, sigma
 
-    def forward(self, obs, x, t):
-        var_t = (1 - t) ** 2 + t**2 * self.sigma**2
-        return self.m + (t * self.sigma**2 - (1 - t)) / var_t * (x - t * self.m)
+    def slope(self, t):
+        return (t * self.sigma**2 - (1 - t)) / ((1 - t) ** 2 + t**2 * self.sigma**2)
+
+    def velocity(self, x, t):
+        return self.m + self.slope(t) * (x - t * self.m)
+
+    def jvp(self, x, t, probe):
+        return self.slope(t) * probe
 
 
 def test_entropy_estimate_matches_gaussian_closed_form():
@@ -318,10 +385,10 @@ def test_entropy_estimate_matches_gaussian_closed_form():
     # the latent estimate H(x0) + E[div_x v] of Theorem 2, from the same pieces
     t = torch.rand(B, K, 1)
     x0 = torch.randn_like(u)
-    x_t = ((1 - t) * x0 + t * u).requires_grad_(True)
-    v = field(obs, x_t, t)
+    x_t = (1 - t) * x0 + t * u
     probe = torch.randint(0, 2, u.shape).float() * 2 - 1
-    latent = d * 0.5 * math.log(2 * math.pi * math.e) + fm.hutchinson_divergence(v, x_t, probe).mean()
+    _, jvp = field(obs, x_t, t, probe)
+    latent = d * 0.5 * math.log(2 * math.pi * math.e) + fm.hutchinson_divergence(jvp, probe).mean()
     assert abs(latent.item() - latent_true) < 0.05, (latent.item(), latent_true)
     # the two differ by more than the tolerance, so dropping the tanh correction would fail
     assert abs(action_true - latent_true) > 0.5
@@ -360,12 +427,19 @@ def test_update_critic_target_uses_target_critic_best_candidate():
     target_critic = fm.TwinQ(obs_dim, act_dim, 16)
     batch = (torch.randn(B, obs_dim), torch.rand(B, act_dim) * 2 - 1, torch.randn(B), torch.randn(B, obs_dim),
              (torch.rand(B) < 0.3).float())
+    before = [p.detach().clone() for p in target_critic.parameters()]
     torch.manual_seed(1)
-    out = fm.update_critic(batch, actor, critic, target_critic, torch.optim.SGD(critic.parameters(), lr=0.0), 0.99, 8, 10)
+    out = fm.update_critic(batch, actor, critic, target_critic, torch.optim.SGD(critic.parameters(), lr=0.0), 0.99,
+                           0.3, 8, 10)
+    # then the Polyak step: target <- target + tau (critic - target)
+    for old, new, online in zip(before, target_critic.parameters(), critic.parameters()):
+        torch.testing.assert_close(new, old + 0.3 * (online - old))
+        with torch.no_grad():
+            new.copy_(old)  # restore, to recompute the target below
     torch.manual_seed(1)
     next_a = torch.tanh(fm.sample_candidates(actor, batch[3], 8, 10))
     with torch.no_grad():
-        next_q = target_critic(batch[3].unsqueeze(1), next_a).min(0).values
+        next_q = target_critic(batch[3], next_a).min(0).values
         y = batch[2] + 0.99 * (1 - batch[4]) * next_q.max(1).values
         q = critic(batch[0], batch[1])
     torch.testing.assert_close(out["losses/qf_loss"], ((q - y) ** 2).mean(1).sum())
@@ -377,17 +451,21 @@ def test_update_critic_target_uses_target_critic_best_candidate():
 def test_twin_q_matches_two_separate_mlps():
     torch.manual_seed(0)
     critic = fm.TwinQ(3, 2, 8)
-    obs, act = torch.randn(5, 4, 3), torch.rand(5, 4, 2)
+    obs, act = torch.randn(5, 3), torch.rand(5, 4, 2)
     out = critic(obs, act)
     assert out.shape == (2, 5, 4)
-    for j in range(2):
-        h = torch.cat([obs, act], -1)
-        for i, (w, b) in enumerate(zip(critic.weights, critic.biases)):
-            h = h @ w[j] + b[j, 0]
+    for j in range(2):  # critic j as a plain MLP on [s, a]
+        layers = [(torch.cat([critic.obs_weight[j], critic.action_weight[j]]), critic.input_bias[j, 0])]
+        layers += [(w[j], b[j, 0]) for w, b in zip(critic.weights, critic.biases)]
+        h = torch.cat([obs.unsqueeze(1).expand(-1, 4, -1), act], -1)
+        for i, (w, b) in enumerate(layers):
+            h = h @ w + b
             if i < 3:
-                h = torch.nn.functional.mish(h)
+                h = F.mish(h)
         torch.testing.assert_close(out[j], h.squeeze(-1))
     assert not torch.allclose(out[0], out[1])  # independent initialisations
+    # one action per state: [B, act_dim] -> [2, B], the same values as K = 1
+    torch.testing.assert_close(critic(obs, act[:, 0]), out[:, :, 0])
 
 
 def test_best_of_k_picks_highest_min_q():

@@ -146,7 +146,7 @@ def test_interrupt_saves_a_checkpoint_that_eval_only_loads(tmp_path, sig):
     assert ev.returncode == 0, ev.stderr
     assert re.search(r"on Pendulum-v1: eval return -?\d+\.\d+ \+- \d+\.\d+ over 2 episodes", ev.stdout), ev.stdout
     # the weights are really loaded: another actor gives another evaluation
-    ckpt["actor"]["net.6.bias"] += 2.0
+    ckpt["actor"]["layers.2.bias"] += 2.0
     torch.save(ckpt, tmp_path / "shifted.fmer_model")
     ev2 = run_script(["--eval-only", "--checkpoint", str(tmp_path / "shifted.fmer_model"), "--eval-episodes", "2"], tmp_path)
     assert ev2.returncode == 0, ev2.stderr
