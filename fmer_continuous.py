@@ -346,15 +346,20 @@ def finished_episodes(infos: dict) -> list[tuple[int, float, int]]:
     return [(int(i), float(episode["r"][i]), int(episode["l"][i])) for i in np.flatnonzero(infos["final_info"]["_episode"])]
 
 
-def add_vector_step(rb: ReplayBuffer, obs, actions, next_obs, rewards, terminations, infos) -> None:
-    """Store one vector step. With SAME_STEP autoreset, next_obs of an env whose episode just ended
-    is already the reset observation: the true last one is infos["final_obs"]. Only termination
-    stops the bootstrap; a truncated (time-limit) transition is stored as non-terminal."""
+def true_next_obs(next_obs: np.ndarray, infos: dict) -> np.ndarray:
+    """With SAME_STEP autoreset, next_obs of an env whose episode just ended is already the reset
+    observation; the true last one is infos["final_obs"]."""
     real_next_obs = next_obs.copy()
     if "final_obs" in infos:
         for i in np.flatnonzero(infos["_final_obs"]):
             real_next_obs[i] = infos["final_obs"][i]
-    rb.add(obs, real_next_obs, actions, rewards, terminations)
+    return real_next_obs
+
+
+def add_vector_step(rb: ReplayBuffer, obs, actions, next_obs, rewards, terminations, infos) -> None:
+    """Store one vector step with its true next observations. Only termination stops the
+    bootstrap; a truncated (time-limit) transition is stored as non-terminal."""
+    rb.add(obs, true_next_obs(next_obs, infos), actions, rewards, terminations)
 
 
 def update_critic(batch, actor, critic, target_critic, critic_optimizer, gamma, tau, num_candidates, num_steps):
