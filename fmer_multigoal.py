@@ -724,6 +724,7 @@ if __name__ == "__main__":
         return best_of_k_actions(actor, critic, obs, args.num_candidates, args.ode_steps)
 
     critic_step, actor_step, act = (fast_path(fn, args.compile, args.cudagraphs) for fn in (critic_step, actor_step, act))
+
     rb = ReplayBuffer(min(args.buffer_size, args.total_timesteps), obs_dim, act_dim, device)
     envs = make_vector_env(args.max_episode_steps, args.num_envs, args.seed)
     rng = np.random.default_rng(args.seed)
