@@ -130,7 +130,9 @@ def test_interrupt_saves_a_checkpoint_that_eval_only_loads(tmp_path, sig):
     proc = subprocess.Popen([sys.executable, str(SCRIPT), "--env-id", "Pendulum-v1", "--total-timesteps", "100000",
                              "--learning-starts", "20", "--log-frequency", "10", "--progress-seconds", "0",
                              "--hidden-dim", "32", "--save-model"],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            # a shell's background job inherits SIGINT ignored; give the run Python's default
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.default_int_handler))
     for line in proc.stdout:  # wait until updates are running
         if line.startswith("step 20/"):
             break
