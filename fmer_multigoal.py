@@ -671,7 +671,8 @@ if __name__ == "__main__":
     if checkpoint is not None:  # the network and env must match what was saved
         for name in ("hidden_dim", "num_candidates", "ode_steps"):
             setattr(args, name, checkpoint["args"][name])
-    action_space, observation_space = MultiGoalEnv().action_space, MultiGoalEnv().observation_space
+    env = MultiGoalEnv()
+    action_space, observation_space = env.action_space, env.observation_space
     obs_dim, act_dim = observation_space.shape[0], action_space.shape[0]
     action_scale = (action_space.high - action_space.low) / 2.0
     action_bias = (action_space.high + action_space.low) / 2.0
