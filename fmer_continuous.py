@@ -468,6 +468,8 @@ def check_args(args: Args) -> None:
             sys.exit(f"error: --{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if not 1.0 <= args.ess_target <= args.num_candidates:
         sys.exit(f"error: --ess-target must lie in [1, --num-candidates={args.num_candidates}]")
+    if not (args.alpha_init > 0.0 and args.beta_init > 0.0):
+        sys.exit(f"error: --alpha-init and --beta-init must be positive, got {args.alpha_init} and {args.beta_init}")
     if args.checkpoint is not None and not args.eval_only:
         sys.exit("error: --checkpoint is only read with --eval-only")
     if args.eval_only and args.checkpoint is None:

@@ -96,6 +96,7 @@ def one_line_error(proc):
         (["--env-id", "NoSuchEnv-v0"], "cannot make env"),
         (["--eval-only", "--checkpoint", "nowhere/model.fmer_model"], "checkpoint not found"),
         (["--ess-target", "9"], "--ess-target"),
+        (["--beta-init", "0"], "--beta-init must be positive"),
         (["--policy-frequency", "0"], "--policy-frequency must be at least 1"),
         (["--eval-only", "--checkpoint", str(ROOT / "README.md")], "cannot read checkpoint"),
     ],

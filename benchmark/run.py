@@ -1,0 +1,245 @@
+"""Run a grid of FMER experiments (script x env x seed): locally, as a Slurm job array, or just print it.
+
+    python benchmark/run.py --preset mujoco --dry-run                  # the paper's MuJoCo grid, printed
+    python benchmark/run.py --preset mujoco --workers 4                # ... run here, 4 at a time
+    python benchmark/run.py --preset kitchen --slurm --partition gpu   # ... as a Slurm job array
+    python benchmark/run.py --scripts fmer_continuous.py --env-ids Pendulum-v1 --seeds 1 2 \\
+        --workers 2 --total-timesteps 5000 --learning-starts 1000 --eval-frequency 1000
+
+A run is (script, its own args, seed): `--env-id E` for the MuJoCo-style scripts, `--num-tasks N`
+for fmer_kitchen.py, nothing for a script with a single env (fmer_multigoal.py). Every flag this
+runner does not know (above: --total-timesteps ...) is passed on, unchanged, to every run. Runs
+execute with the repository root as their working directory, so their tensorboard logs land in
+its runs/ folder, where benchmark/summarize.py reads them. The presets use the scripts' defaults,
+which are the paper's protocol: 1M steps, evaluation every 10k steps over 10 episodes.
+"""
+import os
+import shlex
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import tyro
+
+ROOT = Path(__file__).resolve().parents[1]
+PAPER_SEEDS = (1, 2, 3, 4, 5)
+MUJOCO_ENVS = ("Hopper-v5", "HalfCheetah-v5", "Walker2d-v5", "Humanoid-v5")
+KITCHEN_TASKS = (1, 2, 4, 7)
+HOPPER_WALKER = ("Hopper-v5", "Walker2d-v5")
+# A plan lists (script, env ids, Kitchen task counts, the script's own flags); the grid crosses
+# each with the seeds.
+Plan = list[tuple[str, tuple[str, ...], tuple[int, ...], tuple[str, ...]]]
+# Each ablation on the envs the paper reports it on (FMER_SPEC section 9). The paper's text does
+# not name the env of Fig. 2, 5 and 6: there we use Hopper and Walker2d (ours). The solver
+# variants get their own exp_name, so that summarize.py keeps them apart.
+ABLATIONS: Plan = [
+    ("ablations/fmer_no_entropy.py", HOPPER_WALKER, (), ()),  # Fig. 5 (alpha = 0 from the start)
+    ("ablations/fmer_uniform_weights.py", HOPPER_WALKER, (), ()),  # Fig. 6
+    ("ablations/fmer_clip.py", MUJOCO_ENVS, (), ()),  # App. D.1, Table 10
+    ("ablations/fmer_exact_divergence.py", ("Walker2d-v5",), (), ()),  # App. D.2, Table 11
+    ("ablations/fmer_fixed_beta.py", MUJOCO_ENVS, (), ()),  # App. D.3, Table 12 (MuJoCo half)
+    ("ablations/fmer_top1.py", HOPPER_WALKER, (), ()),  # Fig. 2
+    *[("ablations/fmer_ode_solver.py", ("Walker2d-v5",), (),
+       ("--solver", solver, "--exp-name", f"fmer_ode_solver_{solver}"))
+      for solver in ("midpoint", "rk4")],  # App. D.5, Table 15 (euler is the parent)
+]
+# The flags a grid sets per run; as pass-through flags they would clash with it.
+GRID_FLAGS = ("--seed", "--env-id", "--num-tasks")
+
+
+@dataclass
+class Args:
+    preset: Literal["mujoco", "kitchen", "ablations"] | None = None
+    """a paper grid: mujoco (fmer_continuous.py on 4 envs), kitchen (fmer_kitchen.py, N = 1, 2, 4, 7), ablations"""
+    scripts: tuple[str, ...] = ()
+    """the script(s) to run, relative to the repository root (instead of --preset)"""
+    env_ids: tuple[str, ...] = ()
+    """one run per env id, given to the script as --env-id"""
+    num_tasks: tuple[int, ...] = ()
+    """one run per Kitchen task count, given to the script as --num-tasks (fmer_kitchen.py)"""
+    seeds: tuple[int, ...] = PAPER_SEEDS
+    """the seeds of every (script, env); the paper's are 1 to 5"""
+    python: str = sys.executable
+    """the python that runs the scripts (a local run, and the Slurm script)"""
+    dry_run: bool = False
+    """print the commands, one per line, and run nothing"""
+    workers: int = 1
+    """local runs at a time"""
+    threads: int = 0
+    """OMP_NUM_THREADS of each local run; 0: the machine's cores divided by --workers (at least 1)"""
+    log_dir: str = "benchmark/logs"
+    """where each local run's stdout and stderr go (relative to the repository root)"""
+
+    # Slurm: write a job array script (one task per run) instead of running
+    slurm: bool = False
+    """write a Slurm job array script (one array task per run), print its sbatch line, run nothing"""
+    slurm_dir: str = "benchmark/logs/slurm"
+    """where the job script and the array tasks' output files go (relative to the repository root)"""
+    job_name: str | None = None
+    """the Slurm job name; None: the preset, or the first script's name"""
+    partition: str | None = None
+    """Slurm partition; None: the cluster's default"""
+    account: str | None = None
+    """Slurm account to charge; None: your default"""
+    time: str = "1-00:00:00"
+    """time limit of one run (the paper's runs took about 3-4 h on a V100 GPU; ours may differ)"""
+    gpus_per_task: int = 1
+    """GPUs per run (0: CPU only)"""
+    cpus_per_task: int = 4
+    """CPU cores per run (also its OMP_NUM_THREADS)"""
+    mem: str = "16G"
+    """memory per run"""
+    max_parallel: int | None = None
+    """at most this many array tasks at a time (the %N throttle of --array)"""
+    setup: str | None = None
+    """a shell line the job runs before the script, e.g. "source .venv/bin/activate" """
+
+
+@dataclass(frozen=True)
+class Run:
+    script: str
+    """path of the script, relative to the repository root"""
+    label: str
+    """what the run is on: the env id, N<tasks> for Kitchen, or "default" (for log names)"""
+    args: tuple[str, ...]
+    """the run's own flags: ("--env-id", env), ("--num-tasks", n) or (), then the script's flags of the plan"""
+    seed: int
+
+
+def grid(plan: Plan, seeds: tuple[int, ...]) -> list[Run]:
+    """Every (script, variant, seed): a variant is one env id or one Kitchen task count; a script
+    given neither runs once per seed on its default env."""
+    runs = []
+    for script, env_ids, num_tasks, flags in plan:
+        variants = [(env, ("--env-id", env)) for env in env_ids]
+        variants += [(f"N{n}", ("--num-tasks", str(n))) for n in num_tasks]
+        for label, args in variants or [("default", ())]:
+            runs += [Run(script, label, (*args, *flags), seed) for seed in seeds]
+    return runs
+
+
+def preset_plan(preset: str) -> Plan:
+    """The plan of a paper grid."""
+    if preset == "mujoco":
+        return [("fmer_continuous.py", MUJOCO_ENVS, (), ())]
+    if preset == "kitchen":
+        return [("fmer_kitchen.py", (), KITCHEN_TASKS, ())]
+    return ABLATIONS
+
+
+def command(run: Run, python: str, extra: list[str]) -> list[str]:
+    return [python, run.script, *run.args, "--seed", str(run.seed), *extra]
+
+
+def run_one(cmd: list[str], log_path: Path, threads: int) -> tuple[int, float]:
+    """Run one command from the repository root, its output to log_path; (exit code, seconds)."""
+    start = time.time()
+    with open(log_path, "w") as log:
+        log.write(f"# {shlex.join(cmd)}\n")
+        log.flush()
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+        try:
+            code = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+        except OSError as e:  # e.g. a --python that does not exist
+            log.write(f"{e}\n")
+            code = 127
+    return code, time.time() - start
+
+
+def run_name(run: Run, extra: list[str]) -> str:
+    """{label}__{exp_name}__{seed}: the run's runs/ folder name without the time (names its log)."""
+    exp_name, flags = Path(run.script).stem, [*run.args, *extra]
+    for i, flag in enumerate(flags):  # an --exp-name (the last one, as the script reads it) renames the run
+        if flag == "--exp-name" and i + 1 < len(flags):
+            exp_name = flags[i + 1]
+        elif flag.startswith("--exp-name="):
+            exp_name = flag.split("=", 1)[1]
+    return f"{run.label}__{exp_name}__{run.seed}"
+
+
+def run_local(names: list[str], commands: list[list[str]], log_dir: Path, workers: int, threads: int) -> int:
+    """Run the grid, `workers` at a time; a failed run does not stop the others. Returns the failures."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    print(f"{len(names)} runs, {workers} at a time, OMP_NUM_THREADS={threads}, logs in {log_dir}", flush=True)
+    failed = []
+    pool = ThreadPoolExecutor(workers)  # threads that each wait on one subprocess
+    try:
+        futures = {pool.submit(run_one, cmd, log_dir / f"{name}.log", threads): name
+                   for name, cmd in zip(names, commands)}
+        for done, future in enumerate(as_completed(futures), 1):
+            name, (code, seconds) = futures[future], future.result()
+            if code == 0:
+                print(f"[{done}/{len(names)}] ok      {name} ({seconds / 60:.1f} min)", flush=True)
+            else:
+                failed.append(f"{name}: exit code {code}, log {log_dir / name}.log")
+                print(f"[{done}/{len(names)}] FAILED  {failed[-1]}", flush=True)
+    except KeyboardInterrupt:  # the runs got the Ctrl-C too; start no more of them
+        pool.shutdown(wait=True, cancel_futures=True)
+        sys.exit(130)
+    pool.shutdown()
+
+    print(f"\n{len(names) - len(failed)} ok, {len(failed)} failed")
+    for line in failed:
+        print(f"  failed: {line}")
+    return len(failed)
+
+
+def slurm_script(runs: list[Run], commands: list[list[str]], args: Args, job_name: str, out_dir: Path) -> str:
+    """A job array script: task i runs commands[i] from the repository root."""
+    array = f"0-{len(runs) - 1}" + (f"%{args.max_parallel}" if args.max_parallel else "")
+    options = [f"--job-name={job_name}", f"--array={array}", f"--output={out_dir}/%x_%A_%a.out",
+               "--ntasks=1", f"--cpus-per-task={args.cpus_per_task}", f"--mem={args.mem}", f"--time={args.time}"]
+    options += [f"--gpus-per-task={args.gpus_per_task}"] if args.gpus_per_task > 0 else []
+    options += [f"--partition={args.partition}"] if args.partition else []
+    options += [f"--account={args.account}"] if args.account else []
+    lines = ["#!/bin/bash", *(f"#SBATCH {option}" for option in options),
+             f"# written by benchmark/run.py: {len(runs)} runs, one per array task", "set -euo pipefail",
+             f"cd {shlex.quote(str(ROOT))}", 'export OMP_NUM_THREADS="${SLURM_CPUS_PER_TASK:-1}"']
+    lines += [args.setup] if args.setup else []
+    lines += ['case "$SLURM_ARRAY_TASK_ID" in']
+    lines += [f"  {i}) run=({shlex.join(cmd)}) ;;" for i, cmd in enumerate(commands)]
+    lines += ['  *) echo "no run has index $SLURM_ARRAY_TASK_ID" >&2; exit 2 ;;', "esac",
+              'echo "array task $SLURM_ARRAY_TASK_ID: ${run[*]}"', 'exec "${run[@]}"']
+    return "\n".join(lines) + "\n"
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+if __name__ == "__main__":
+    args, extra = tyro.cli(Args, return_unknown_args=True, description=__doc__)
+    clashes = [flag for flag in extra if flag.split("=")[0] in GRID_FLAGS]
+    if clashes:
+        sys.exit(f"error: {clashes[0]} is set per run; use --seeds, --env-ids or --num-tasks")
+    if (args.preset is None) == (not args.scripts):
+        sys.exit("error: give either --preset or --scripts")
+    if args.preset is not None and (args.env_ids or args.num_tasks):
+        sys.exit("error: a --preset sets its own envs; use --scripts with --env-ids / --num-tasks")
+
+    plan = preset_plan(args.preset) if args.preset else [(s, args.env_ids, args.num_tasks, ()) for s in args.scripts]
+    runs = grid(plan, args.seeds)
+    commands = [command(run, args.python, extra) for run in runs]
+    missing = sorted({run.script for run in runs if not (ROOT / run.script).exists()})
+    for script in missing:
+        print(f"warning: {script} does not exist (yet)", file=sys.stderr)
+
+    if args.dry_run:
+        print("\n".join(shlex.join(cmd) for cmd in commands))
+    elif args.slurm:
+        job_name = args.job_name or args.preset or Path(args.scripts[0]).stem
+        out_dir = ROOT / args.slurm_dir
+        out_dir.mkdir(parents=True, exist_ok=True)  # sbatch does not create the --output folder
+        path = out_dir / f"{job_name}.sbatch"
+        path.write_text(slurm_script(runs, commands, args, job_name, out_dir))
+        print(f"{len(runs)} array tasks written to {path}; submit with:\nsbatch {path}")
+    else:
+        if missing:
+            sys.exit("error: missing scripts, nothing run")
+        threads = args.threads or max(1, cores() // args.workers)
+        names = [run_name(run, extra) for run in runs]
+        sys.exit(1 if run_local(names, commands, ROOT / args.log_dir, args.workers, threads) else 0)

@@ -1,0 +1,497 @@
+"""The paper's ablations in ablations/: each is a copy of fmer_continuous.py that differs from it only in
+the idea under study (the diff-size test keeps them in step with the parent), and really changes it."""
+import copy
+import dataclasses
+import difflib
+import importlib.util
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+import fmer_continuous as fm
+
+ROOT = Path(__file__).resolve().parents[1]
+ABLATIONS = ["no_entropy", "uniform_weights", "clip", "exact_divergence", "fixed_beta", "top1", "ode_solver"]
+OWN_ARGS = {"no_entropy": {"entropy_off_step": 0}, "fixed_beta": {"beta": 0.5}, "ode_solver": {"solver": "euler"}}
+
+# Changed lines (added + removed) against fmer_continuous.py, header included.
+MAX_CHANGED_LINES = 40
+DIFF_EXCEPTIONS = {
+    # the solver has to reach all four sampler calls (acting, evaluation, critic target, actor candidates)
+    "ode_solver": 64,
+}
+
+
+def load(name: str):
+    """ablations/fmer_<name>.py as a module (ablations/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"fmer_{name}", ROOT / "ablations" / f"fmer_{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # as an import would (torch.compile looks the module up there)
+    spec.loader.exec_module(module)
+    return module
+
+
+AB = {name: load(name) for name in ABLATIONS}
+
+
+def changed_lines(name: str) -> int:
+    parent = (ROOT / "fmer_continuous.py").read_text().splitlines()
+    child = (ROOT / "ablations" / f"fmer_{name}.py").read_text().splitlines()
+    diff = list(difflib.unified_diff(parent, child, lineterm="", n=0))[2:]  # past the ---/+++ header
+    return sum(1 for line in diff if line.startswith(("+", "-")))
+
+
+# ---------------------------------------------------------------- every ablation: a small diff of the parent
+
+
+@pytest.mark.parametrize("name", ABLATIONS)
+def test_diff_against_parent_stays_small(name, record_property):
+    size = changed_lines(name)
+    record_property("changed_lines", size)
+    print(f"fmer_{name}.py: {size} changed lines against fmer_continuous.py")
+    bound = DIFF_EXCEPTIONS.get(name, MAX_CHANGED_LINES)
+    assert size <= bound, f"fmer_{name}.py differs from its parent in {size} lines (bound {bound})"
+    assert size > 4, "only the header differs: the ablation is missing"
+    if name in DIFF_EXCEPTIONS:  # an exception that is no longer needed goes
+        assert size > MAX_CHANGED_LINES
+
+
+@pytest.mark.parametrize("name", ABLATIONS)
+def test_header_and_args(name):
+    lines = (ROOT / "ablations" / f"fmer_{name}.py").read_text().splitlines()
+    assert lines[0].startswith("# FMER ablation, paper ") and ("Fig." in lines[0] or "Table" in lines[0])
+    assert f"`diff fmer_continuous.py ablations/fmer_{name}.py`" in lines[1]
+    module = AB[name]
+    assert module.Args().exp_name == f"fmer_{name}"
+    parent = {f.name: f.default for f in dataclasses.fields(fm.Args)}
+    child = {f.name: f.default for f in dataclasses.fields(module.Args)}
+    # every flag of the parent, with its default, plus the ablation's own
+    assert {k: v for k, v in child.items() if k in parent and k != "exp_name"} == {
+        k: v for k, v in parent.items() if k != "exp_name"}
+    assert {k: v for k, v in child.items() if k not in parent} == OWN_ARGS.get(name, {})
+
+
+# ---------------------------------------------------------------- helpers
+
+
+class ClosedFormField(nn.Module):
+    """A hand-written velocity with VelocityField's interface; the state plays no part."""
+
+    def __init__(self, act_dim, velocity, jvp=None):
+        super().__init__()
+        self.act_dim, self.velocity, self.jvp = act_dim, velocity, jvp
+
+    def embed_obs(self, obs):
+        return obs
+
+    def forward(self, obs_embedding, x, t, probe=None):
+        v = self.velocity(x, t)
+        return v if probe is None else (v, self.jvp(x, t, probe))
+
+
+def small_learner(module, obs_dim=3, act_dim=2, hidden=32, seed=0):
+    torch.manual_seed(seed)
+    actor, critic = module.VelocityField(obs_dim, act_dim, hidden), module.TwinQ(obs_dim, act_dim, hidden)
+    log_alpha = torch.tensor(math.log(0.5), requires_grad=True)
+    log_beta = torch.tensor(math.log(0.5), requires_grad=True)
+    optimizers = (torch.optim.Adam(actor.parameters(), lr=1e-3), torch.optim.Adam([log_alpha], lr=0.1),
+                  torch.optim.Adam([log_beta], lr=0.1))
+    return actor, critic, log_alpha, log_beta, optimizers
+
+
+@pytest.fixture
+def float64():
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
+def autograd_trace(net, obs_embedding, x, t):
+    """tr(dv/dx) by d backward passes (create_graph: differentiable in theta), and v."""
+    x = x.detach().requires_grad_(True)
+    v = net(obs_embedding, x, t)
+    trace = sum(torch.autograd.grad(v[..., j].sum(), x, create_graph=True)[0][..., j] for j in range(x.shape[-1]))
+    return trace, v
+
+
+# ---------------------------------------------------------------- uniform weights, top-1, fixed beta
+
+
+def test_uniform_weights_are_exactly_one_over_k():
+    ab = AB["uniform_weights"]
+    torch.manual_seed(0)
+    q = torch.randn(6, 8) * 3
+    for beta in (0.01, 0.5, 100.0):
+        w, ess = ab.advantage_weights(q, torch.tensor(beta))
+        assert torch.equal(w, torch.full((6, 8), 1 / 8))
+        torch.testing.assert_close(ess, torch.full((6,), 8.0))
+    assert not torch.allclose(fm.advantage_weights(q, torch.tensor(0.5))[0], w)
+
+
+def test_top1_puts_all_weight_on_the_best_candidate():
+    ab = AB["top1"]
+    torch.manual_seed(0)
+    q = torch.randn(6, 8) * 3
+    w, ess = ab.advantage_weights(q, torch.tensor(0.5))
+    best = q.argmax(dim=1)
+    assert torch.equal(w[torch.arange(6), best], torch.ones(6))
+    w_rest = w.clone()
+    w_rest[torch.arange(6), best] = 0.0
+    assert torch.equal(w_rest, torch.zeros(6, 8))
+    torch.testing.assert_close(ess, torch.ones(6))
+    # the parent's softmax spreads weight over the others
+    assert (fm.advantage_weights(q, torch.tensor(0.5))[0][torch.arange(6), best] < 0.999).any()
+
+
+@pytest.mark.parametrize("name", ["fixed_beta", "uniform_weights", "top1"])
+def test_beta_stays_constant_where_the_parent_tunes_it(name):
+    ab = AB[name]
+    obs = torch.randn(32, 3)
+    betas = {}
+    for label, module in (("parent", fm), ("ablation", ab)):
+        actor, critic, log_alpha, log_beta, (opt, alpha_opt, beta_opt) = small_learner(module)
+        before = log_beta.item()
+        for _ in range(5):
+            out = module.update_actor(obs, actor, critic, opt, log_alpha, alpha_opt, log_beta, beta_opt, 8, 5, 4.0, -2.0)
+        betas[label] = (before, log_beta.item(), out)
+    before, after, out = betas["ablation"]
+    assert after == before and out["losses/beta"].item() == pytest.approx(0.5)
+    assert "losses/beta_loss" not in out
+    assert betas["parent"][1] != betas["parent"][0]  # the parent's beta moves on the same updates
+
+
+# ---------------------------------------------------------------- exact divergence
+
+
+def test_exact_divergence_equals_the_jacobian_trace(float64):
+    ab = AB["exact_divergence"]
+    torch.manual_seed(0)
+    B, K, d = 6, 4, 5
+    net = ab.VelocityField(3, d, 32)
+    obs_embedding = net.embed_obs(torch.randn(B, 3)).unsqueeze(1)
+    x, t = torch.randn(B, K, d) * 1.5, torch.rand(B, K, 1)
+    probe = torch.eye(d)[:, None, None, :]  # as flow_losses builds it
+    v, jvp = net(obs_embedding, x, t, probe)
+    exact = ab.exact_divergence(jvp, probe)
+    reference, v_ref = autograd_trace(net, obs_embedding, x, t)
+    torch.testing.assert_close(v, v_ref)
+    torch.testing.assert_close(exact, reference, atol=1e-12, rtol=1e-10)
+    # and differentiable in theta: the same gradient as the double-backward trace
+    params = [p for p in net.parameters() if p is not net.layers[-1].bias]  # the last bias does not enter
+    grads = torch.autograd.grad(exact.sum(), params, retain_graph=True)
+    for g, r in zip(grads, torch.autograd.grad(reference.sum(), params)):
+        torch.testing.assert_close(g, r, atol=1e-12, rtol=1e-9)
+    # the parent's one-probe Hutchinson estimate is not the trace
+    rademacher = torch.randint(0, 2, (B, K, d)) * 2.0 - 1.0
+    hutchinson = fm.hutchinson_divergence(net(obs_embedding, x, t, rademacher)[1], rademacher)
+    assert (hutchinson - reference).abs().max() > 1e-2
+
+
+def test_exact_divergence_flow_losses_entropy(float64):
+    ab = AB["exact_divergence"]
+    torch.manual_seed(0)
+    B, K, d = 8, 4, 3
+    net = ab.VelocityField(3, d, 32)
+    with torch.no_grad():  # large off-diagonal Jacobian terms, which Hutchinson's estimate picks up as noise
+        for layer in net.layers:
+            layer.weight.mul_(4.0)
+    obs, u, weights = torch.randn(B, 3), torch.randn(B, K, d), torch.full((B, K), 1 / K)
+    torch.manual_seed(2)
+    _, entropy = ab.flow_losses(net, obs, u, weights)
+    torch.manual_seed(2)  # the same draws of t and x0
+    t = torch.rand(B, K, 1)
+    x_t = (1 - t) * torch.randn_like(u) + t * u
+    trace, v = autograd_trace(net, net.embed_obs(obs).unsqueeze(1), x_t, t)
+    expected = d * fm.H_A0_PER_DIM + fm.tanh_corrected_divergence(trace, x_t, v).mean()
+    torch.testing.assert_close(entropy, expected, atol=1e-12, rtol=1e-10)
+    torch.manual_seed(2)
+    assert abs(fm.flow_losses(net, obs, u, weights)[1].item() - expected.item()) > 0.05  # Hutchinson's noise
+
+
+# ---------------------------------------------------------------- clip instead of tanh
+
+
+def test_clip_entropy_is_gaussian_base_plus_plain_divergence():
+    ab = AB["clip"]
+    assert not hasattr(ab, "tanh_corrected_divergence")
+    assert ab.H_A0_PER_DIM == pytest.approx(0.5 * math.log(2 * math.pi * math.e))
+    torch.manual_seed(0)
+    B, K, d = 16, 8, 3
+    net = ab.VelocityField(4, d, 32)
+    obs, u, weights = torch.randn(B, 4), torch.randn(B, K, d) * 2, torch.full((B, K), 1 / K)
+    torch.manual_seed(1)
+    _, entropy = ab.flow_losses(net, obs, u, weights)
+    torch.manual_seed(1)  # the same draws of t, x0 and the probe
+    t = torch.rand(B, K, 1)
+    x_t = (1 - t) * torch.randn_like(u) + t * u
+    probe = torch.randint(0, 2, u.shape, dtype=u.dtype) * 2.0 - 1.0
+    _, jvp = net(net.embed_obs(obs).unsqueeze(1), x_t, t, probe)
+    expected = d * 0.5 * math.log(2 * math.pi * math.e) + (probe * jvp).sum(-1).mean()
+    torch.testing.assert_close(entropy, expected)
+    torch.manual_seed(1)
+    assert abs(fm.flow_losses(net, obs, u, weights)[1].item() - entropy.item()) > 0.5  # the parent's tanh terms
+
+
+def test_clip_entropy_estimates_the_unclipped_gaussian():
+    # the exact OT field from N(0, I) to N(m, sigma^2 I): its samples' entropy is the Gaussian's
+    m, sigma, d, B, K = torch.tensor([0.5, -1.0, 0.0]), 0.6, 3, 4096, 8
+
+    def slope(t):
+        return (t * sigma**2 - (1 - t)) / ((1 - t) ** 2 + t**2 * sigma**2)
+
+    field = ClosedFormField(d, lambda x, t: m + slope(t) * (x - t * m), lambda x, t, probe: slope(t) * probe)
+    torch.manual_seed(0)
+    u = m + sigma * torch.randn(B, K, d)
+    _, entropy = AB["clip"].flow_losses(field, torch.zeros(B, 1), u, torch.full((B, K), 1 / K))
+    assert abs(entropy.item() - d * 0.5 * math.log(2 * math.pi * math.e * sigma**2)) < 0.05
+
+
+def test_clip_acts_and_scores_clipped_actions_and_trains_on_raw_ones(monkeypatch):
+    ab = AB["clip"]
+    actor, critic, log_alpha, log_beta, (opt, alpha_opt, beta_opt) = small_learner(ab)
+    with torch.no_grad():  # a flow whose samples lie mostly outside [-1, 1]
+        actor.layers[-1].bias.copy_(torch.tensor([6.0, -6.0]))
+    seen = []
+    original_forward = critic.forward
+    monkeypatch.setattr(critic, "forward", lambda obs, action: seen.append(action.abs().max().item()) or
+                        original_forward(obs, action))
+    obs = torch.randn(64, 3)
+    actions = ab.best_of_k_actions(actor, critic, obs, 8, 5)
+    assert actions.abs().max() <= 1.0 and (actions.abs() == 1.0).any()
+    batch = (obs, actions, torch.randn(64), torch.randn(64, 3), torch.zeros(64))
+    ab.update_critic(batch, actor, critic, critic, torch.optim.Adam(critic.parameters()), 0.99, 0.005, 8, 5)
+    targets = []
+    original_flow_losses = ab.flow_losses
+    monkeypatch.setattr(ab, "flow_losses", lambda v, o, u, w: targets.append(u) or original_flow_losses(v, o, u, w))
+    ab.update_actor(obs, actor, critic, opt, log_alpha, alpha_opt, log_beta, beta_opt, 8, 5, 4.0, -2.0)
+    assert len(seen) == 4 and max(seen) == 1.0  # acting, critic target and loss, actor candidates
+    assert targets[0].abs().max() > 2.0  # the flow's targets are the raw samples, not clipped
+    # the parent squashes instead: the same flow gives actions strictly inside the box
+    assert (fm.best_of_k_actions(actor, critic, obs, 8, 5).abs() < 1.0).float().mean() > 0.5
+
+
+# ---------------------------------------------------------------- ODE solvers
+
+
+def solve(ab, field, solver, num_steps=10, shape=(3, 4)):
+    torch.manual_seed(0)
+    u = ab.sample_candidates(field, torch.zeros(shape[0], 1), shape[1], num_steps, solver)
+    torch.manual_seed(0)
+    return u, torch.randn(*shape, field.act_dim)
+
+
+def test_midpoint_and_rk4_exact_on_a_field_linear_in_t():
+    ab = AB["ode_solver"]
+    c, slope = torch.tensor([0.7, -1.3]), 1.5
+    field = ClosedFormField(2, lambda x, t: c + slope * t + 0.0 * x)
+    for solver in ("midpoint", "rk4"):
+        u, x0 = solve(ab, field, solver)
+        torch.testing.assert_close(u, x0 + c + slope / 2, atol=1e-6, rtol=0)  # exact flow: x0 + c + slope / 2
+    u, x0 = solve(ab, field, "euler")
+    torch.testing.assert_close(u, x0 + c + slope * 9 / 20, atol=1e-6, rtol=0)  # left points: (N - 1) / 2N
+
+
+def test_rk4_exact_on_a_cubic_in_t_where_midpoint_is_not():
+    ab = AB["ode_solver"]
+    field = ClosedFormField(2, lambda x, t: 4 * t**3 + 0.0 * x)  # exact flow: x0 + 1
+    u, x0 = solve(ab, field, "rk4")
+    torch.testing.assert_close(u, x0 + 1.0, atol=1e-6, rtol=0)
+    u, x0 = solve(ab, field, "midpoint")
+    assert (u - x0 - 1.0).abs().min() > 1e-3
+
+
+def test_solvers_step_the_state_as_their_stages_say():
+    # v = lam x: one step multiplies x by the solver's Taylor polynomial of exp(lam h)
+    ab = AB["ode_solver"]
+    lam, n = -1.7, 10
+    z = lam / n
+    growth = {"euler": 1 + z, "midpoint": 1 + z + z**2 / 2, "rk4": 1 + z + z**2 / 2 + z**3 / 6 + z**4 / 24}
+    field = ClosedFormField(2, lambda x, t: lam * x)
+    for solver, g in growth.items():
+        u, x0 = solve(ab, field, solver, n)
+        torch.testing.assert_close(u, g**n * x0, atol=1e-6, rtol=1e-6)
+    assert abs(growth["rk4"] ** n - math.exp(lam)) < 1e-5 < abs(growth["midpoint"] ** n - math.exp(lam))
+    with pytest.raises(ValueError, match="unknown ODE solver"):
+        ab.sample_candidates(field, torch.zeros(1, 1), 2, n, "heun")
+
+
+def test_euler_solver_matches_the_parent_sampler():
+    ab = AB["ode_solver"]
+    torch.manual_seed(0)
+    net = fm.VelocityField(3, 2, 32)
+    obs = torch.randn(5, 3)
+    torch.manual_seed(1)
+    ours = ab.sample_candidates(net, obs, 8, 10, "euler")
+    torch.manual_seed(1)
+    torch.testing.assert_close(ours, fm.sample_candidates(net, obs, 8, 10), atol=1e-6, rtol=1e-6)
+
+
+def test_solver_reaches_every_sampler_call(monkeypatch):
+    ab = AB["ode_solver"]
+    actor, critic, log_alpha, log_beta, (opt, alpha_opt, beta_opt) = small_learner(ab, obs_dim=3, act_dim=1)
+    solvers = []
+    original = ab.sample_candidates
+    monkeypatch.setattr(ab, "sample_candidates", lambda *a: solvers.append(a[-1]) or original(*a))
+    obs = torch.randn(8, 3)
+    batch = (obs, torch.rand(8, 1) * 2 - 1, torch.randn(8), torch.randn(8, 3), torch.zeros(8))
+    envs = ab.make_vector_env("Pendulum-v1", 1, seed=0)
+    envs.reset(seed=0)
+    calls = {
+        "acting": lambda solver: ab.best_of_k_actions(actor, critic, obs, 4, 3, solver),
+        "critic target": lambda solver: ab.update_critic(batch, actor, critic, critic, torch.optim.Adam(critic.parameters()),
+                                                         0.99, 0.005, 4, 3, solver),
+        "actor candidates": lambda solver: ab.update_actor(obs, actor, critic, opt, log_alpha, alpha_opt, log_beta,
+                                                           beta_opt, 4, 3, 2.0, -1.0, solver),
+        "evaluation": lambda solver: ab.evaluate(actor, critic, envs, 2.0, 0.0, 4, 3, torch.device("cpu"), solver),
+    }
+    for name, call in calls.items():
+        for solver in ("midpoint", "rk4"):
+            solvers.clear()
+            call(solver)
+            assert solvers and set(solvers) == {solver}, name
+    envs.close()
+
+
+# ---------------------------------------------------------------- no entropy
+
+
+def actor_update_with_gate(gate: float, steps=1, seed=0):
+    ab = AB["no_entropy"]
+    actor, critic, log_alpha, log_beta, (opt, alpha_opt, beta_opt) = small_learner(ab, seed=seed)
+    start = copy.deepcopy(actor)
+    obs = torch.randn(32, 3)
+    log_alphas = [log_alpha.item()]
+    torch.manual_seed(1)
+    for _ in range(steps):
+        # a target far above the entropy, so the parent's alpha would rise
+        out = ab.update_actor(obs, actor, critic, opt, log_alpha, alpha_opt, log_beta, beta_opt, 8, 5, 4.0, 20.0,
+                              torch.tensor(gate))
+        log_alphas.append(log_alpha.item())
+    return start, actor, critic, obs, out, log_alphas
+
+
+def wcfm_only_gradient(start, critic, obs):
+    """The gradient of L_WCFM alone, from the same random draws as the first update."""
+    ab = AB["no_entropy"]
+    torch.manual_seed(1)
+    u = ab.sample_candidates(start, obs, 8, 5)
+    beta = torch.tensor(math.log(0.5)).exp()  # as update_actor computes it
+    weights, _ = ab.advantage_weights(ab.score_candidates(critic, obs, torch.tanh(u)), beta)
+    wcfm, _ = ab.flow_losses(start, obs, u, weights)
+    return torch.autograd.grad(wcfm, list(start.parameters()))
+
+
+def test_no_entropy_gate_off_alpha_zero_and_frozen():
+    start, actor, critic, obs, out, log_alphas = actor_update_with_gate(0.0)
+    assert out["losses/alpha"].item() == 0.0
+    assert out["losses/actor_loss"].item() == out["losses/wcfm_loss"].item()
+    for g, ref in zip([p.grad for p in actor.parameters()], wcfm_only_gradient(start, critic, obs)):
+        torch.testing.assert_close(g, ref)  # no entropy in the actor's gradient
+    *_, log_alphas = actor_update_with_gate(0.0, steps=5)
+    assert log_alphas == [log_alphas[0]] * 6  # log alpha untouched, Adam momentum or not
+
+
+def test_no_entropy_gate_on_entropy_active_and_alpha_tuned():
+    start, actor, critic, obs, out, log_alphas = actor_update_with_gate(1.0)
+    assert out["losses/alpha"].item() == pytest.approx(0.5)
+    assert out["losses/actor_loss"].item() != out["losses/wcfm_loss"].item()
+    grads = [p.grad for p in actor.parameters()]
+    assert any(not torch.allclose(g, ref) for g, ref in zip(grads, wcfm_only_gradient(start, critic, obs)))
+    assert log_alphas[1] > log_alphas[0]  # entropy far below target: alpha rises
+
+
+@pytest.mark.slow
+def test_no_entropy_gate_switches_inside_one_compiled_graph():
+    # the gate is a tensor changed in place: flipping it must not recompile (a Python constant would)
+    import torch._dynamo
+
+    ab = AB["no_entropy"]
+    actor, critic, log_alpha, log_beta, (opt, alpha_opt, beta_opt) = small_learner(ab)
+    gate, target = torch.tensor(1.0), torch.tensor(20.0)
+
+    def actor_step(obs, target_entropy, entropy_on):
+        return ab.update_actor(obs, actor, critic, opt, log_alpha, alpha_opt, log_beta, beta_opt, 4, 3, 2.0,
+                               target_entropy, entropy_on)
+
+    torch._dynamo.reset()
+    step = torch.compile(actor_step, backend="eager")
+    obs = torch.randn(16, 3)
+    for _ in range(2):
+        assert step(obs, target, gate)["losses/alpha"].item() > 0
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    gate.fill_(0.0)
+    frozen = log_alpha.item()
+    for _ in range(2):
+        out = step(obs, target, gate)
+        assert out["losses/alpha"].item() == 0.0 and log_alpha.item() == frozen
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs  # the same graphs ran
+    torch._dynamo.reset()
+
+
+# ---------------------------------------------------------------- runs, as a user runs them
+
+SMOKE = ["--env-id", "Pendulum-v1", "--total-timesteps", "500", "--learning-starts", "400", "--num-envs", "2",
+         "--eval-frequency", "250", "--eval-episodes", "2", "--log-frequency", "20", "--hidden-dim", "64",
+         "--batch-size", "64", "--seed", "3"]
+OWN_FLAGS = {"no_entropy": ["--entropy-off-step", "450"], "fixed_beta": ["--beta", "0.3"],
+             "ode_solver": ["--solver", "rk4"]}
+
+
+def run_ablation(name, args, cwd):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, str(ROOT / "ablations" / f"fmer_{name}.py"), *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=600, env=env, check=False)
+
+
+def read_scalars(run_root: Path) -> dict:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (run_dir,) = list((run_root / "runs").iterdir())
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return run_dir.name, {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ABLATIONS)
+def test_smoke_run(name, tmp_path):
+    proc = run_ablation(name, SMOKE + OWN_FLAGS.get(name, []), tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_name, scalars = read_scalars(tmp_path)
+    assert f"__fmer_{name}__" in run_name
+    assert min(step for step, _ in scalars["losses/wcfm_loss"]) >= 400  # the updates ran
+    assert "eval/episodic_return" in scalars
+    if name == "no_entropy":  # alpha is 0 from step 450 on, and was not before
+        assert all(value == 0.0 for step, value in scalars["losses/alpha"] if step >= 450)
+        assert all(value > 0.0 for step, value in scalars["losses/alpha"] if step < 450)
+        assert any(step < 450 for step, _ in scalars["losses/alpha"]) and any(step >= 450 for step, _ in scalars["losses/alpha"])
+    if name in ("fixed_beta", "uniform_weights", "top1"):
+        beta = 0.3 if name == "fixed_beta" else 0.5
+        assert all(value == pytest.approx(beta) for _, value in scalars["losses/beta"])
+        assert "losses/beta_loss" not in scalars
+
+
+@pytest.mark.slow
+def test_fixed_beta_refuses_a_non_positive_beta(tmp_path):
+    proc = run_ablation("fixed_beta", ["--beta", "0"], tmp_path)
+    assert proc.returncode != 0 and proc.stderr.strip() == "error: --beta must be positive, got 0.0"
+
+
+def test_clip_refuses_unbounded_actions():
+    gym.register("FmerAblationUnbounded-v0", entry_point=lambda: _UnboundedEnv())
+    with pytest.raises(SystemExit, match="clips actions"):
+        AB["clip"].check_env("FmerAblationUnbounded-v0")
+
+
+class _UnboundedEnv(gym.Env):
+    observation_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+    action_space = gym.spaces.Box(-np.inf, np.inf, (2,), np.float32)

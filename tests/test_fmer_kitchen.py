@@ -1,0 +1,148 @@
+"""fmer_kitchen.py: the task sets, the real env's reward and termination, and a smoke run."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from gymnasium_robotics.envs.franka_kitchen.kitchen_env import OBS_ELEMENT_GOALS, OBS_ELEMENT_INDICES
+
+import fmer_kitchen as fk
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "fmer_kitchen.py"
+
+
+def run_script(args, cwd, timeout=600):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def assert_one_error_line(result, *fragments):
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_task_sets_are_the_papers_nested_compositions():
+    assert fk.TASK_SETS[1] == ["light switch"]
+    assert fk.TASK_SETS[2] == ["light switch", "slide cabinet"]
+    assert set(fk.TASK_SETS[4]) == {"light switch", "slide cabinet", "bottom burner", "microwave"}
+    assert set(fk.TASK_SETS[7]) == set(OBS_ELEMENT_GOALS)  # N=7 is every subtask the env knows
+    for small, large in [(1, 2), (2, 4), (4, 7)]:
+        assert fk.TASK_SETS[large][:small] == fk.TASK_SETS[small]
+    assert fk.resolve_tasks(4, None) == fk.TASK_SETS[4]
+    assert fk.resolve_tasks(1, ["microwave", "hinge_cabinet"]) == ["microwave", "hinge cabinet"]  # --tasks wins
+
+
+@pytest.mark.parametrize("tasks", [["toaster"], ["kettle", "kettle"]])
+def test_bad_task_lists_exit(tasks):
+    with pytest.raises(SystemExit, match="error:"):
+        fk.resolve_tasks(1, tasks)
+
+
+def test_unknown_task_name_exits_with_one_line(tmp_path):
+    result = run_script(["--tasks", "microwave", "toaster"], tmp_path, timeout=120)
+    assert_one_error_line(result, "'toaster'", "light switch")
+    assert not (tmp_path / "runs").exists()
+
+
+def complete(env, task):
+    """Put the subtask's joints on their goal, as a scripted success."""
+    data = env.unwrapped.data
+    data.qpos[OBS_ELEMENT_INDICES[task]] = OBS_ELEMENT_GOALS[task]
+
+
+def test_reward_counts_each_subtask_once_and_all_done_terminates():
+    tasks = fk.TASK_SETS[2]
+    env = fk.make_env(tasks, seed=0)()
+    obs, info = env.reset(seed=0)
+    assert obs.shape == env.observation_space.shape == (59,)
+    np.testing.assert_array_equal(info["completed"], [0, 0])
+    still = np.zeros(9)
+    _, reward, terminated, truncated, info = env.step(still)
+    assert (reward, terminated, truncated) == (0.0, False, False)
+
+    complete(env, "light switch")
+    _, reward, terminated, _, info = env.step(still)
+    assert (reward, terminated) == (1.0, False)
+    np.testing.assert_array_equal(info["completed"], [1, 0])
+    complete(env, "light switch")  # already done: it pays once
+    _, reward, terminated, _, _ = env.step(still)
+    assert (reward, terminated) == (0.0, False)
+
+    complete(env, "slide cabinet")
+    _, reward, terminated, _, info = env.step(still)
+    assert (reward, terminated) == (1.0, True)
+    np.testing.assert_array_equal(info["completed"], [1, 1])
+    assert info["episode"]["r"] == info["completed"].sum() == 2  # episode return = subtasks completed
+
+
+def test_time_limit_truncates_at_280_steps():
+    env = fk.make_env(fk.TASK_SETS[1], seed=0)()
+    env.reset(seed=0)
+    for step in range(1, fk.EPISODE_STEPS + 1):
+        _, reward, terminated, truncated, _ = env.step(np.zeros(9))
+        assert reward == 0.0 and not terminated
+        assert truncated == (step == fk.EPISODE_STEPS)
+
+
+def test_completions_survive_the_vector_autoreset():
+    # The env clears its list of completed subtasks on reset, which SAME_STEP autoreset runs inside the
+    # step that ends the episode: the flags must still reach final_info.
+    envs = fk.make_vector_env(fk.TASK_SETS[1], num_envs=2, seed=0)
+    envs.reset(seed=0)
+    complete(envs.envs[1], "light switch")
+    _, rewards, terminations, _, infos = envs.step(np.zeros((2, 9)))
+    np.testing.assert_array_equal(rewards, [0, 1])
+    np.testing.assert_array_equal(terminations, [False, True])
+    np.testing.assert_array_equal(infos["final_info"]["completed"][1], [1])
+    np.testing.assert_array_equal(infos["completed"][1], [0])  # the new episode starts with nothing done
+    assert [i for i, *_ in fk.finished_episodes(infos)] == [1]
+    envs.close()
+
+
+def test_describe_successes():
+    completed = np.array([[1, 0], [1, 1], [0, 0]])
+    assert fk.describe_successes(["light switch", "kettle"], completed) == "light switch 2/3, kettle 1/3"
+
+
+@pytest.mark.slow
+def test_smoke_run_logs_completion_tags_and_its_checkpoint_evaluates(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    # Two envs of 280 steps end their first episodes at step 560; updates run from step 400.
+    result = run_script(["--num-tasks", "2", "--total-timesteps", "600", "--learning-starts", "400", "--num-envs", "2",
+                         "--eval-frequency", "300", "--eval-episodes", "2", "--log-frequency", "20",
+                         "--hidden-dim", "64", "--batch-size", "64", "--save-model"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "eval completion rate" in result.stdout and "slide cabinet 0/2" in result.stdout
+    (run_dir,) = list((tmp_path / "runs").iterdir())
+    assert run_dir.name.startswith("FrankaKitchen-v1-N2__fmer_kitchen__1__")
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    scalars = {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+    for tag in ["charts/tasks_completed", "charts/completion_rate", "eval/tasks_completed", "eval/completion_rate",
+                "eval/successes/light_switch", "eval/successes/slide_cabinet", "losses/wcfm_loss", "losses/qf_loss"]:
+        assert tag in scalars, tag
+    assert [step for step, _ in scalars["eval/completion_rate"]] == [300, 600]
+    assert len(scalars["charts/tasks_completed"]) == 2  # one per env
+    for (_, done), (_, rate), (_, ret) in zip(scalars["charts/tasks_completed"], scalars["charts/completion_rate"],
+                                              scalars["charts/episodic_return"]):
+        assert rate == done / 2 and ret == done
+
+    checkpoint_path = run_dir / "fmer_kitchen.fmer_model"
+    assert torch.load(checkpoint_path, weights_only=True)["args"]["tasks"] == fk.TASK_SETS[2]
+    result = run_script(["--eval-only", "--checkpoint", str(checkpoint_path), "--eval-episodes", "2"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "['light switch', 'slide cabinet']: completion rate" in result.stdout
+
+    foreign = tmp_path / "foreign.fmer_model"  # as fmer_continuous.py saves: no task list
+    torch.save({"actor": {}, "critic": {}, "args": {"env_id": "Hopper-v5"}}, foreign)
+    assert_one_error_line(run_script(["--eval-only", "--checkpoint", str(foreign)], tmp_path), "fmer_kitchen.py")
