@@ -113,21 +113,44 @@ def test_describe_successes():
     assert fk.describe_successes(["light switch", "kettle"], completed) == "light switch 2/3, kettle 1/3"
 
 
-@pytest.mark.slow
-def test_smoke_run_logs_completion_tags_and_its_checkpoint_evaluates(tmp_path):
+def read_scalars(run_dir: Path) -> dict:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    # Two envs of 280 steps end their first episodes at step 560; updates run from step 400.
-    result = run_script(["--num-tasks", "2", "--total-timesteps", "600", "--learning-starts", "400", "--num-envs", "2",
-                         "--eval-frequency", "300", "--eval-episodes", "2", "--log-frequency", "20",
-                         "--hidden-dim", "64", "--batch-size", "64", "--save-model"], tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert "eval completion rate" in result.stdout and "slide cabinet 0/2" in result.stdout
-    (run_dir,) = list((tmp_path / "runs").iterdir())
-    assert run_dir.name.startswith("FrankaKitchen-v1-N2__fmer_kitchen__1__")
     acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
     acc.Reload()
-    scalars = {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+@pytest.fixture(scope="module")
+def two_smoke_runs(tmp_path_factory):
+    # Two envs of 280 steps end their first episodes at step 560; updates run from step 400.
+    smoke = ["--num-tasks", "2", "--total-timesteps", "600", "--learning-starts", "400", "--num-envs", "2",
+             "--eval-frequency", "300", "--eval-episodes", "2", "--log-frequency", "20",
+             "--hidden-dim", "64", "--batch-size", "64", "--save-model"]
+    runs = []
+    for name in ("a", "b"):
+        cwd = tmp_path_factory.mktemp(name)
+        result = run_script(smoke, cwd)
+        assert result.returncode == 0, result.stderr
+        (run_dir,) = list((cwd / "runs").iterdir())
+        runs.append((cwd, result, run_dir, read_scalars(run_dir)))
+    return runs
+
+
+@pytest.mark.slow
+def test_same_seed_same_run_on_cpu(two_smoke_runs):
+    (*_, a), (*_, b) = two_smoke_runs
+    compared = [tag for tag in a if tag.startswith(("losses/", "eval/", "charts/e", "charts/t", "charts/c"))]
+    assert "losses/qf_loss" in compared and "eval/completion_rate" in compared
+    for tag in compared:
+        assert a[tag] == b[tag], tag
+
+
+@pytest.mark.slow
+def test_smoke_run_logs_completion_tags_and_its_checkpoint_evaluates(two_smoke_runs):
+    tmp_path, result, run_dir, scalars = two_smoke_runs[0]
+    assert "eval completion rate" in result.stdout and "slide cabinet 0/2" in result.stdout
+    assert run_dir.name.startswith("FrankaKitchen-v1-N2__fmer_kitchen__1__")
     for tag in ["charts/tasks_completed", "charts/completion_rate", "eval/tasks_completed", "eval/completion_rate",
                 "eval/successes/light_switch", "eval/successes/slide_cabinet", "losses/wcfm_loss", "losses/qf_loss"]:
         assert tag in scalars, tag
