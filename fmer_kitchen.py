@@ -513,11 +513,22 @@ def resolve_tasks(num_tasks: int, tasks: list[str] | None) -> list[str]:
     return tasks
 
 
+def env_label(tasks: list[str]) -> str:
+    """The env part of the run name: FrankaKitchen-v1-N{N} for a paper task set (in any order), else the
+    task names, so that benchmark/summarize.py never groups a custom set with the paper's."""
+    for n, paper_tasks in TASK_SETS.items():
+        if set(tasks) == set(paper_tasks):
+            return f"FrankaKitchen-v1-N{n}"
+    return "FrankaKitchen-v1-" + "+".join(task.replace(" ", "_") for task in tasks)
+
+
 def check_env(tasks: list[str]) -> tuple[gym.spaces.Box, gym.spaces.Box]:
     """Build the env once, exiting with one line if it cannot start; returns its action and observation spaces."""
     try:
         env = make_env(tasks, 0)()
     except AssertionError:  # gymnasium-robotics 1.4.2 asserts in get_joint_qpos with mujoco >= 3.12
+        if tuple(int(part) for part in mujoco.__version__.split(".")[:2]) < (3, 12):
+            raise  # another failure: show it whole
         sys.exit(f"error: FrankaKitchen-v1 fails with mujoco {mujoco.__version__}; it needs mujoco==3.11.0 "
                  f"with gymnasium-robotics 1.4.2 (see requirements.txt)")
     action_space, observation_space = env.action_space, env.observation_space
@@ -631,7 +642,7 @@ if __name__ == "__main__":
               f"({describe_successes(args.tasks, completed)}) over {len(returns)} episodes")
         sys.exit(0)
 
-    run_name = f"FrankaKitchen-v1-N{num_tasks}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_name = f"{env_label(args.tasks)}__{args.exp_name}__{args.seed}__{int(time.time())}"
     writer = SummaryWriter(f"runs/{run_name}")
     writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
     model_path = f"runs/{run_name}/{args.exp_name}.fmer_model"

@@ -539,6 +539,8 @@ if __name__ == "__main__":
 
     checkpoint = load_checkpoint(args.checkpoint, device) if args.eval_only else None
     if checkpoint is not None:  # the network and env must match what was saved
+        if "env_id" not in checkpoint["args"]:
+            sys.exit(f"error: {args.checkpoint} names no env id (saved by another script, e.g. fmer_kitchen.py)")
         for name in ("env_id", "hidden_dim", "num_candidates", "ode_steps"):
             setattr(args, name, checkpoint["args"][name])
     action_space, observation_space = check_env(args.env_id)

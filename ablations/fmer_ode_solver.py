@@ -558,8 +558,11 @@ if __name__ == "__main__":
 
     checkpoint = load_checkpoint(args.checkpoint, device) if args.eval_only else None
     if checkpoint is not None:  # the network and env must match what was saved
-        for name in ("env_id", "hidden_dim", "num_candidates", "ode_steps", "solver"):
+        if "env_id" not in checkpoint["args"]:
+            sys.exit(f"error: {args.checkpoint} names no env id (saved by another script, e.g. fmer_kitchen.py)")
+        for name in ("env_id", "hidden_dim", "num_candidates", "ode_steps"):
             setattr(args, name, checkpoint["args"][name])
+        args.solver = checkpoint["args"].get("solver", "euler")  # the parent's checkpoints sampled with Euler
     action_space, observation_space = check_env(args.env_id)
     obs_dim, act_dim = observation_space.shape[0], action_space.shape[0]
     action_scale = (action_space.high - action_space.low) / 2.0

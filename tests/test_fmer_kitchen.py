@@ -47,6 +47,14 @@ def test_bad_task_lists_exit(tasks):
         fk.resolve_tasks(1, tasks)
 
 
+def test_run_names_keep_custom_task_sets_apart_from_the_papers():
+    assert fk.env_label(fk.TASK_SETS[2]) == "FrankaKitchen-v1-N2"
+    assert fk.env_label(["slide cabinet", "light switch"]) == "FrankaKitchen-v1-N2"  # the same set
+    assert fk.env_label(["microwave", "kettle"]) == "FrankaKitchen-v1-microwave+kettle"
+    assert "__" not in fk.env_label(["hinge cabinet", "top burner"])  # the run name's separator
+
+
+@pytest.mark.slow
 def test_unknown_task_name_exits_with_one_line(tmp_path):
     result = run_script(["--tasks", "microwave", "toaster"], tmp_path, timeout=120)
     assert_one_error_line(result, "'toaster'", "light switch")

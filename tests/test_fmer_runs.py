@@ -106,6 +106,13 @@ def test_bad_input_one_line(tmp_path, args, expect):
 
 
 @pytest.mark.slow
+def test_checkpoint_of_another_script_is_refused_in_one_line(tmp_path):
+    kitchen_like = tmp_path / "kitchen.fmer_model"  # fmer_kitchen.py saves a task list, no env id
+    torch.save({"actor": {}, "critic": {}, "args": {"tasks": ["microwave"], "hidden_dim": 64}}, kitchen_like)
+    assert "names no env id" in one_line_error(run_script(["--eval-only", "--checkpoint", str(kitchen_like)], tmp_path))
+
+
+@pytest.mark.slow
 def test_non_finite_loss_stops_and_names_it(tmp_path):
     # gamma = 1e38 overflows the Bellman target, so the critic loss is inf on the first update
     proc = run_script(["--env-id", "Pendulum-v1", "--total-timesteps", "200", "--learning-starts", "50",
