@@ -51,7 +51,8 @@ if __name__ == "__main__":
     torch.manual_seed(0)
     tasks = fk.TASK_SETS[args.num_tasks]
     action_space, observation_space = fk.check_env(tasks)
-    obs_dim, act_dim, d = observation_space.shape[0], action_space.shape[0], fk.Args()
+    obs_dim, act_dim = observation_space.shape[0], action_space.shape[0]
+    d = fk.Args()  # the script's defaults: network width, K, N, batch size, gamma, tau
     actor, critic = fk.VelocityField(obs_dim, act_dim, d.hidden_dim), fk.TwinQ(obs_dim, act_dim, d.hidden_dim)
 
     def policy(obs):
