@@ -244,6 +244,21 @@ exit "$code"
 """
 
 
+def slurm_seconds(limit: str) -> int | None:
+    """A Slurm --time in seconds: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S; None for another text (e.g. infinite)."""
+    days, _, rest = limit.rpartition("-")
+    parts = rest.split(":")
+    if not (days == "" or days.isdigit()) or not all(part.isdigit() for part in parts) or len(parts) > 3:
+        return None
+    numbers = [int(part) for part in parts]
+    if days:  # D-H, D-H:M, D-H:M:S
+        hours, minutes, seconds = (numbers + [0, 0])[:3]
+        return ((int(days) * 24 + hours) * 60 + minutes) * 60 + seconds
+    if len(numbers) == 3:
+        return (numbers[0] * 60 + numbers[1]) * 60 + numbers[2]
+    return numbers[0] * 60 + (numbers[1] if len(numbers) == 2 else 0)
+
+
 def slurm_script(runs: list[Run], commands: list[list[str]], args: Args, job_name: str, out_dir: Path) -> str:
     """A job array script: task i runs commands[i] from the repository root, and resumes it after a requeue."""
     array = f"0-{len(runs) - 1}" + (f"%{args.max_parallel}" if args.max_parallel else "")
@@ -278,6 +293,11 @@ if __name__ == "__main__":
         sys.exit(f"error: {clashes[0]} is set per array task (--resume auto --run-name {{env}}__{{exp_name}}__{{seed}})")
     if args.slurm and not 0 < args.signal_seconds < 65536:
         sys.exit("error: --signal-seconds must be in 1..65535")
+    limit = slurm_seconds(args.time)
+    if args.slurm and limit is not None and limit < args.signal_seconds + 120:
+        # Slurm may send the signal up to 60 s early: a task would save and requeue itself on every start
+        print(f"warning: --time {args.time} leaves less than 2 min beyond --signal-seconds {args.signal_seconds}: "
+              "a task may get USR1 (save, requeue) soon after it starts", file=sys.stderr)
     if (args.preset is None) == (not args.scripts):
         sys.exit("error: give either --preset or --scripts")
     if args.preset is not None and (args.env_ids or args.num_tasks):

@@ -100,6 +100,9 @@ def test_run_names():
     assert bench_run.run_name_stable(runs[2], ["--exp-name", "x"]) == "Hopper-v5__x__2"
     assert bench_run.run_name_stable(runs["fmer_kitchen.py"], []) == "FrankaKitchen-v1-N4__fmer_kitchen__1"
     assert bench_run.run_name_stable(runs["fmer_multigoal.py"], []) == "MultiGoal__fmer_multigoal__1"
+    for limit, seconds in [("10", 600), ("10:30", 630), ("1:00:00", 3600), ("1-00:00:00", 86400), ("2-3", 183600),
+                           ("1-2:3", 93780), ("infinite", None)]:
+        assert bench_run.slurm_seconds(limit) == seconds, limit
     for preset in ("mujoco", "kitchen", "ablations"):
         plan = bench_run.grid(bench_run.preset_plan(preset), (1, 2))
         names = [bench_run.run_name_stable(run, []) for run in plan]
