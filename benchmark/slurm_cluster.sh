@@ -136,6 +136,7 @@ if [[ ! -s $state/munge/munge.key ]]; then
 fi
 chmod 400 "$state/munge/munge.key"
 socket=$state/munge/munge.socket
+((${#socket} < 100)) || die "STATE_DIR is too deep for a unix socket path ($socket); pick a shorter one"
 munged --force --key-file="$state/munge/munge.key" --socket="$socket" --pid-file="$state/munge/munged.pid" \
     --log-file="$state/munge/munged.log" --seed-file="$state/munge/munged.seed" \
     || { tail -5 "$state/munge/munged.log" >&2 2>/dev/null; die "munged did not start"; }
