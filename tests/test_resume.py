@@ -1,0 +1,227 @@
+"""Exact resume (fmer_continuous.py and its copies): a run stopped and resumed is the same run.
+
+The stop is made deterministic by a driver that runs the script in-process (runpy) and signals
+itself after a chosen number of training vector steps; the script's own signal handling then
+saves at the end of that step, exactly as it does for Slurm's SIGTERM/SIGUSR1 or Ctrl-C.
+"""
+import hashlib
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import fmer_continuous as fm
+
+ROOT = Path(__file__).resolve().parents[1]
+# Pendulum-v1 episodes are exactly 200 steps: steps 200, 400, ... are episode boundaries.
+TINY = ["--env-id", "Pendulum-v1", "--learning-starts", "100", "--hidden-dim", "16", "--num-candidates", "4",
+        "--ode-steps", "2", "--batch-size", "16", "--log-frequency", "25", "--eval-frequency", "100",
+        "--eval-episodes", "2", "--seed", "5"]
+DRIVER = """
+import os, runpy, signal, sys
+import gymnasium as gym
+stop_at, signum, script = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+step, count = gym.vector.SyncVectorEnv.step, [0]
+def counted_step(self, actions):
+    result = step(self, actions)
+    if self.num_envs == 1:  # the training env (the tests evaluate over 2 episodes, one env each)
+        count[0] += 1
+        if count[0] == stop_at:
+            os.kill(os.getpid(), signum)
+    return result
+gym.vector.SyncVectorEnv.step = counted_step
+sys.argv = [script, *sys.argv[4:]]
+runpy.run_path(script, run_name="__main__")
+"""
+
+
+def run(args, cwd, script="fmer_continuous.py", stop_at=None, signum=signal.SIGTERM, timeout=900):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, str(ROOT / script), *args] if stop_at is None else \
+        [sys.executable, "-c", DRIVER, str(stop_at), str(int(signum)), str(ROOT / script), *args]
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def scalars(run_dir: Path) -> dict:
+    """Every (tag, step) TensorBoard shows, with the purge rule of a resumed run applied."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"] if tag != "charts/SPS"}
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def assert_same(a, b, where=""):
+    """Bitwise equality of nested states (tensors, dicts, lists, numbers; NaN equals NaN)."""
+    if isinstance(a, torch.Tensor):
+        assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            assert_same(a[key], b[key], f"{where}/{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same(x, y, f"{where}[{i}]")
+    elif isinstance(a, float) and math.isnan(a):
+        assert isinstance(b, float) and math.isnan(b), where
+    else:
+        assert a == b, where
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("whole")
+    proc = run([*TINY, "--total-timesteps", "600", "--run-name", "whole"], cwd)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return scalars(cwd / "runs" / "whole")
+
+
+@pytest.mark.slow
+def test_sigterm_at_episode_boundary_then_resume_is_the_same_run(tmp_path, uninterrupted):
+    first = run([*TINY, "--total-timesteps", "600", "--run-name", "cut"], tmp_path, stop_at=400)
+    assert first.returncode == 128 + signal.SIGTERM, first.stderr[-3000:]
+    assert "SIGTERM at step 400: state saved to runs/cut/state.pt" in first.stderr
+    assert torch.load(tmp_path / "runs/cut/state.pt", weights_only=True)["counters"][0] == 400
+    second = run(["--resume", "runs/cut"], tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resuming runs/cut at step 400" in second.stdout
+    resumed = scalars(tmp_path / "runs" / "cut")
+    assert resumed.keys() == uninterrupted.keys()
+    for tag in uninterrupted:  # every step once, every value bitwise equal: losses, evaluations, episodes
+        assert resumed[tag] == uninterrupted[tag], tag
+    assert [s for s, _ in resumed["eval/episodic_return"]] == [100, 200, 300, 400, 500, 600]
+
+
+@pytest.mark.slow
+def test_sigkill_after_a_checkpoint_resumes_from_it_and_drops_the_lost_steps(tmp_path, uninterrupted):
+    # Saved at 400 (--checkpoint-frequency), killed without warning at 500: what the killed run
+    # logged for steps 401-500 must not show twice, and the continuation from 400 is exact.
+    args = [*TINY, "--total-timesteps", "600", "--run-name", "killed", "--checkpoint-frequency", "400"]
+    first = run(args, tmp_path, stop_at=500, signum=signal.SIGKILL)
+    assert first.returncode == -signal.SIGKILL
+    assert torch.load(tmp_path / "runs/killed/state.pt", weights_only=True)["counters"][0] == 400
+    second = run(["--resume", "auto", "--run-name", "killed"], tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    resumed = scalars(tmp_path / "runs" / "killed")
+    for tag in uninterrupted:
+        assert resumed[tag] == uninterrupted[tag], tag
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", ["fmer_continuous.py", "fmer_kitchen.py", "fmer_multigoal.py",
+                                    # the other copies differ from these only in the update (test_ablations.py)
+                                    "ablations/fmer_no_entropy.py", "ablations/fmer_ode_solver.py"])
+def test_state_at_the_resume_point_is_the_saved_one(tmp_path, script):
+    """Stopped mid-episode at step 150, resumed with nothing left to run: the resumed process
+    writes back the state it loaded, bitwise (all but the observation, since the cut episode is
+    replaced by a new one)."""
+    if "kitchen" in script:
+        args = ["--num-tasks", "1", "--learning-starts", "100", "--hidden-dim", "16", "--num-candidates", "4",
+                "--ode-steps", "2", "--batch-size", "16", "--eval-frequency", "100", "--eval-episodes", "2"]
+    elif "multigoal" in script:
+        args = ["--learning-starts", "100", "--hidden-dim", "16", "--num-candidates", "4", "--ode-steps", "2",
+                "--batch-size", "16", "--eval-frequency", "100", "--eval-episodes", "2", "--plot-frequency", "100"]
+    else:
+        args = TINY
+    first = run([*args, "--total-timesteps", "150", "--run-name", "r"], tmp_path, script, stop_at=150)
+    assert first.returncode == 128 + signal.SIGTERM, first.stderr[-3000:]
+    saved = torch.load(tmp_path / "runs/r/state.pt", weights_only=True)
+    os.rename(tmp_path / "runs/r/state.pt", tmp_path / "saved.pt")
+    second = run(["--resume", str(tmp_path / "saved.pt")], tmp_path, script)
+    assert second.returncode == 0, second.stderr[-3000:]
+    again = torch.load(tmp_path / "state.pt", weights_only=True)  # the run folder is where its state lies
+    assert saved["counters"][0] == again["counters"][0] == 150
+    del saved["obs"], again["obs"], saved["args"]["resume"], again["args"]["resume"]
+    assert_same(saved, again)
+    assert saved["replay_buffer"]["size"] == 150 and saved["optimizers"][0]["state"]  # a learner that had learned
+
+
+@pytest.mark.slow
+def test_bad_resumes_give_one_line_and_overwrite_nothing(tmp_path):
+    first = run([*TINY, "--total-timesteps", "150", "--run-name", "r"], tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    state = tmp_path / "runs/r/state.pt"
+    (tmp_path / "truncated.pt").write_bytes(state.read_bytes()[: state.stat().st_size // 2])
+    foreign = torch.load(state, weights_only=True)
+    foreign["script"] = "fmer_kitchen.py"
+    torch.save(foreign, tmp_path / "kitchen.pt")
+    before = digest(state)
+    cases = [
+        (["--resume", "truncated.pt"], "cannot read training state"),
+        (["--resume", str(ROOT / "README.md")], "cannot read training state"),
+        (["--resume", "missing.pt"], "training state not found"),
+        (["--resume", "kitchen.pt"], "is a training state of fmer_kitchen.py, not of fmer_continuous.py"),
+        (["--resume", "runs/r", "--hidden-dim", "64"], "--hidden-dim 64 conflicts with the resumed run's 16"),
+        (["--resume", "runs/r", "--total-timesteps", "100"], "--total-timesteps can only rise"),
+        (["--resume", "auto"], "--resume auto needs --run-name"),
+        ([*TINY, "--run-name", "r"], "runs/r already holds a run"),
+    ]
+    for args, message in cases:
+        proc = run(args, tmp_path)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode != 0 and len(lines) == 1 and lines[0].startswith("error:"), (args, proc.stderr[-2000:])
+        assert message in lines[0], (args, lines[0])
+    assert digest(state) == before
+
+
+@pytest.mark.slow
+def test_resume_auto_starts_then_continues_and_total_timesteps_can_rise(tmp_path):
+    first = run([*TINY, "--total-timesteps", "150", "--resume", "auto", "--run-name", "job"], tmp_path)
+    assert first.returncode == 0 and "resuming" not in first.stdout, first.stderr[-3000:]
+    second = run(["--resume", "auto", "--run-name", "job", "--total-timesteps", "250"], tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resuming runs/job at step 150" in second.stdout
+    steps = [s for s, _ in scalars(tmp_path / "runs/job")["eval/episodic_return"]]
+    assert steps == [100, 150, 200, 250]
+
+
+def test_sigkill_during_a_state_write_keeps_the_previous_state(tmp_path):
+    """save_atomically writes a temporary file and renames it: killed mid-write, the old file stays whole."""
+    writer = f"""
+import sys, torch
+sys.path.insert(0, {str(ROOT)!r})
+from fmer_continuous import save_atomically
+state = {{"actor": {{"w": torch.ones(3)}}, "critic": {{}}, "log_alpha": torch.zeros(()), "log_beta": torch.zeros(())}}
+for version in range(1000):
+    save_atomically({{**state, "version": version, "blob": torch.full((20_000_000,), float(version))}}, {str(tmp_path / "state.pt")!r})
+    print(version, flush=True)
+"""
+    proc = subprocess.Popen([sys.executable, "-c", writer], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "0"  # one whole state on disk
+    deadline = time.time() + 60
+    while not (tmp_path / "state.pt.tmp").exists() and time.time() < deadline:
+        time.sleep(0.001)
+    proc.kill()
+    proc.wait()
+    loaded = torch.load(tmp_path / "state.pt", weights_only=True)
+    assert torch.equal(loaded["blob"], torch.full((20_000_000,), float(loaded["version"])))
+
+
+def test_replay_buffer_state_round_trip_and_growth():
+    rb = fm.ReplayBuffer(5, 2, 1, torch.device("cpu"))
+    for i in range(7):  # wraps: pos 2, size 5
+        rb.add([[i, i]], [[i + 1, i + 1]], [[0.5]], [float(i)], [0.0])
+    again = fm.ReplayBuffer(5, 2, 1, torch.device("cpu"))
+    again.load_state_dict(rb.state_dict())
+    assert (again.pos, again.size) == (2, 5) and torch.equal(again.rewards, rb.rewards)
+    # a buffer that never wrapped (capacity = the old --total-timesteps) continues after its end when enlarged
+    small = fm.ReplayBuffer(3, 2, 1, torch.device("cpu"))
+    for i in range(3):
+        small.add([[i, i]], [[i, i]], [[0.0]], [float(i)], [0.0])
+    bigger = fm.ReplayBuffer(6, 2, 1, torch.device("cpu"))
+    bigger.load_state_dict(small.state_dict())
+    bigger.add([[9, 9]], [[9, 9]], [[0.0]], [9.0], [0.0])
+    assert bigger.rewards.tolist() == [0.0, 1.0, 2.0, 9.0, 0.0, 0.0] and bigger.size == 4
+    # the saved tensors hold the filled part only, not the whole preallocated storage
+    assert rb.state_dict()["obs"].untyped_storage().nbytes() == 5 * 2 * 4
