@@ -226,7 +226,6 @@ def test_slurm_array_is_requeued_and_resumes(slurm, tmp_path):
     # preempt task 0 mid-run: once it learns and has saved its state
     wait_for(lambda: (runs[0] / "state.pt").exists() and last_step(outputs[0]) >= LEARNING_STARTS + EVAL,
              300, "task 0 to save its state past learning_starts", diagnose)
-    preempted_at = last_step(outputs[0])
     requeue = subprocess.run(["scontrol", "requeue", f"{job}_0"], env=slurm, capture_output=True, text=True,
                              timeout=60)
     assert requeue.returncode == 0, requeue.stderr
@@ -236,7 +235,10 @@ def test_slurm_array_is_requeued_and_resumes(slurm, tmp_path):
     assert "restart 1)" in log0, f"task 0 was not started again\n{diagnose()}"
     before, after = log0.split("restart 1)", 1)
     assert "DUE TO JOB REQUEUE" in before, diagnose()
-    assert "resum" in after.lower(), f"task 0 did not say it resumed\n{diagnose()}"
+    saved = re.search(r"^SIGTERM at step (\d+): state saved", before, re.MULTILINE)  # saved on Slurm's SIGTERM
+    resumed = re.search(r"^resuming \S+ at step (\d+)", after, re.MULTILINE)
+    assert saved and resumed, f"task 0 did not save on SIGTERM and resume\n{diagnose()}"
+    assert int(resumed.group(1)) == int(saved.group(1)) > LEARNING_STARTS, (saved.group(0), resumed.group(0))
     assert f"done: {TOTAL} steps" in after, diagnose()
     assert "restart 1)" not in outputs[1].read_text() and f"done: {TOTAL} steps" in outputs[1].read_text(), diagnose()
 
@@ -245,7 +247,7 @@ def test_slurm_array_is_requeued_and_resumes(slurm, tmp_path):
     assert len(files) == 2, files
     starts = [event.step for event in EventFileLoader(str(files[1])).Load()
               if event.HasField("session_log") and event.session_log.status == event.session_log.START]
-    assert starts and LEARNING_STARTS < starts[0] < TOTAL, (starts, preempted_at)  # mid-run, learning
+    assert starts == [int(resumed.group(1)) + 1], (starts, resumed.group(0))
 
     expected = list(range(EVAL, TOTAL + 1, EVAL))
     for run in runs:
