@@ -29,6 +29,9 @@ usage() { echo "usage: $0 start|stop|status|env [STATE_DIR]" >&2; exit 2; }
 die() { echo "slurm_cluster: $*" >&2; exit 1; }
 unavailable() { echo "slurm_cluster: $*" >&2; exit 3; }
 [[ $action =~ ^(start|stop|status|env)$ ]] || usage
+if [[ $action == start && $(id -u) != 0 ]]; then
+    unavailable "start needs root (slurmd runs jobs as their user; the daemons run as root here)"
+fi
 mkdir -p "$state" 2>/dev/null || true
 state=$(cd "$state" && pwd)  # absolute: the paths go into slurm.conf and the munged flags
 conf=$state/slurm.conf
@@ -46,7 +49,7 @@ stop_daemon() {  # pidfile name
         pid=$(cat "$pidfile")
         kill "$pid" 2>/dev/null || true
         for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-        kill -0 "$pid" 2>/dev/null && kill -9 "$pid" 2>/dev/null || true
+        if kill -0 "$pid" 2>/dev/null; then kill -9 "$pid" 2>/dev/null || true; fi
         echo "stopped $name (pid $pid)"
     fi
     rm -f "$pidfile"
@@ -73,10 +76,14 @@ if [[ $action == stop ]]; then
     fi
     stop_daemon "$state/slurmd.pid" slurmd
     stop_daemon "$state/slurmctld.pid" slurmctld
-    # what is left of this cluster's jobs: step daemons, and job scripts in our spool dir, with their children
-    for pid in $(pgrep -f "^slurmstepd: \\[|$state/spool/" 2>/dev/null || true); do
-        if [[ $(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) == *"$state/spool/"* ]] \
-                || [[ $(readlink "/proc/$pid/cwd" 2>/dev/null) == "$state"/* ]]; then
+    # what is left of this cluster's jobs: step daemons (their cwd is our log dir), and every process of
+    # a job (its environment has SLURM_JOB_ID and our SLURM_CONF), e.g. a run that ignored SIGTERM
+    for dir in /proc/[0-9]*; do
+        pid=${dir#/proc/}
+        [[ $pid == "$$" ]] && continue
+        if [[ $(readlink "$dir/cwd" 2>/dev/null) == "$state"/* && $(tr '\0' ' ' <"$dir/cmdline" 2>/dev/null) == slurmstepd* ]] \
+                || { grep -qzx "SLURM_CONF=$conf" "$dir/environ" 2>/dev/null \
+                     && grep -qz "^SLURM_JOB_ID=" "$dir/environ" 2>/dev/null; }; then
             kill_tree "$pid"
         fi
     done
@@ -97,7 +104,6 @@ if [[ $action == status ]]; then
 fi
 
 # ---- start ----
-[[ $(id -u) == 0 ]] || unavailable "start needs root (slurmd runs jobs as their user; the daemons run as root here)"
 if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null || ! command -v munged >/dev/null \
         || ! command -v sbatch >/dev/null; then
     [[ ${FMER_SLURM_NO_INSTALL:-0} == 1 ]] && unavailable "slurmctld, slurmd, sbatch or munged missing (FMER_SLURM_NO_INSTALL=1)"
@@ -193,7 +199,7 @@ slurmctld -c -f "$conf" || { show_logs; die "slurmctld did not start"; }
 slurmd -f "$conf" -N "$node" || { show_logs; die "slurmd did not start"; }
 
 echo -n "waiting for node $node to be idle "
-for i in $(seq 60); do
+for _ in $(seq 60); do
     node_state=$(sinfo --noheader --Node --nodes="$node" --format=%T 2>/dev/null || true)
     if [[ $node_state == idle ]]; then
         echo "... idle"
