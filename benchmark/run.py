@@ -14,6 +14,7 @@ its runs/ folder, where benchmark/summarize.py reads them. The presets use the s
 which are the paper's protocol: 1M steps, evaluation every 10k steps over 10 episodes.
 """
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -309,6 +310,11 @@ if __name__ == "__main__":
     missing = sorted({run.script for run in runs if not (ROOT / run.script).exists()})
     for script in missing:
         print(f"warning: {script} does not exist (yet)", file=sys.stderr)
+
+    no_resume = sorted({run.script for run in runs if run.script not in missing
+                        and not re.search(r"^\s+resume:", (ROOT / run.script).read_text(), re.MULTILINE)})
+    if args.slurm and no_resume:  # its tasks would fail at once on --resume auto --run-name
+        sys.exit(f"error: {no_resume[0]} takes no --resume: a Slurm array task could not continue its run")
 
     if args.dry_run:
         print("\n".join(shlex.join(cmd) for cmd in commands))
