@@ -37,7 +37,7 @@ def read_scalars(run_root: Path) -> dict:
 
 
 def documented_tags() -> set:
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "docs" / "flags_and_logs.md").read_text()
     section = text.split("## Tensorboard tags", 1)[1].split("\n## ", 1)[0]
     return set(re.findall(r"^\| `([a-zA-Z_]+/[a-zA-Z_]+)` \|", section, flags=re.M))
 
@@ -161,8 +161,8 @@ def test_interrupt_saves_a_checkpoint_that_eval_only_loads(tmp_path, sig):
     ev2 = run_script(["--eval-only", "--checkpoint", str(tmp_path / "shifted.fmer_model"), "--eval-episodes", "2"], tmp_path)
     assert ev2.returncode == 0, ev2.stderr
     assert ev2.stdout.split("eval return")[1] != ev.stdout.split("eval return")[1]
-    # the README's "in your own code" snippet runs as written
-    snippet = (ROOT / "README.md").read_text().split("```python\n", 1)[1].split("```", 1)[0]
+    # the "in your own code" snippet of docs/errors_and_checkpoints.md runs as written
+    snippet = (ROOT / "docs" / "errors_and_checkpoints.md").read_text().split("```python\n", 1)[1].split("```", 1)[0]
     namespace = {"path": str(model)}
     exec(snippet, namespace)
     assert np.isfinite(namespace["reward"])

@@ -1,0 +1,83 @@
+"""The documentation's links resolve, and the README stays a front page."""
+import re
+from pathlib import Path
+from urllib.parse import unquote
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = [ROOT / "README.md", ROOT / "benchmark" / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+README_MAX_LINES = 200
+
+MD_LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")  # [text](target), ![alt](target)
+HTML_LINK = re.compile(r"<(?:img|a|source)\b[^>]*?\b(?:src|href)\s*=\s*[\"']([^\"']+)[\"']", re.I)
+EXTERNAL = ("http://", "https://", "mailto:")
+
+
+def prose(text: str) -> str:
+    """The text without fenced code blocks, inline code spans and HTML comments: links there are not links."""
+    text = re.sub(r"<!--.*?-->", "", text, flags=re.S)
+    text = re.sub(r"^(```|~~~).*?^\1[^\n]*$", "", text, flags=re.S | re.M)
+    return re.sub(r"`[^`\n]*`", "code", text)
+
+
+def links(path: Path) -> list[str]:
+    text = prose(path.read_text())
+    return MD_LINK.findall(text) + HTML_LINK.findall(text)
+
+
+def github_anchors(path: Path) -> set[str]:
+    """The anchors GitHub gives the headings of a markdown file."""
+    anchors, seen = set(), {}
+    text = re.sub(r"^(```|~~~).*?^\1[^\n]*$", "", path.read_text(), flags=re.S | re.M)
+    for heading in re.findall(r"^#{1,6}\s+(.+?)\s*#*\s*$", text, flags=re.M):
+        heading = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", heading)  # a link in a heading: its text
+        slug = re.sub(r"[^\w\- ]", "", heading.replace("`", "").replace("*", "").lower()).replace(" ", "-")
+        n = seen.get(slug, 0)
+        seen[slug] = n + 1
+        anchors.add(slug if n == 0 else f"{slug}-{n}")
+    anchors.update(re.findall(r"<a\s+(?:name|id)=[\"']([^\"']+)[\"']", text))
+    return anchors
+
+
+def local_targets(path: Path):
+    for target in links(path):
+        if target.startswith(EXTERNAL):
+            continue
+        file_part, _, fragment = target.partition("#")
+        yield target, (path.parent / unquote(file_part)).resolve() if file_part else path, unquote(fragment)
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_relative_links_and_images_resolve(doc):
+    assert doc.exists()
+    broken = [target for target, resolved, _ in local_targets(doc) if not resolved.exists()]
+    assert not broken, f"{doc.relative_to(ROOT)}: links to missing files: {broken}"
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_anchors_resolve(doc):
+    broken = [target for target, resolved, fragment in local_targets(doc)
+              if fragment and resolved.suffix == ".md" and resolved.exists() and fragment not in github_anchors(resolved)]
+    assert not broken, f"{doc.relative_to(ROOT)}: links to missing headings: {broken}"
+
+
+def test_docs_pages_are_checked():
+    names = {p.relative_to(ROOT).as_posix() for p in DOCS}
+    assert {"README.md", "docs/results.md", "docs/speed.md"} <= names
+
+
+def test_readme_is_a_front_page():
+    lines = (ROOT / "README.md").read_text().splitlines()
+    assert len(lines) <= README_MAX_LINES, f"README.md has {len(lines)} lines; move detail to docs/"
+
+
+def test_link_check_catches_a_broken_link(tmp_path):
+    (tmp_path / "there.md").write_text("# A heading: `x.py`\n")
+    page = tmp_path / "page.md"
+    page.write_text("[ok](there.md#a-heading-xpy) ![img](missing.png) [gone](there.md#nowhere) "
+                    "`[code](not-a-link.md)` [web](https://example.com) <img src=\"gone.png\">\n")
+    targets = {t: (r.exists(), f) for t, r, f in local_targets(page)}
+    assert set(targets) == {"there.md#a-heading-xpy", "missing.png", "there.md#nowhere", "gone.png"}
+    assert targets["missing.png"][0] is False and targets["gone.png"][0] is False
+    assert github_anchors(tmp_path / "there.md") == {"a-heading-xpy"}
