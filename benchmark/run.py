@@ -217,7 +217,8 @@ def slurm_command(run: Run, python: str, extra: list[str]) -> list[str]:
 # only, so the run goes in the background and this shell passes signals on; the run saves its state and
 # exits with 128 + the signal number. TERM (`scontrol requeue`, preemption, scancel, the time limit
 # itself) also reaches the run straight from Slurm, a second TERM changes nothing.
-SLURM_TAIL = r"""echo "array task $SLURM_ARRAY_TASK_ID (job ${SLURM_JOB_ID:-none}, restart ${SLURM_RESTART_COUNT:-0}): ${run[*]}"
+SLURM_TAIL = r"""restarts=${SLURM_RESTART_COUNT:-0}
+echo "array task $SLURM_ARRAY_TASK_ID (job ${SLURM_JOB_ID:-none}, restart $restarts): ${run[*]}"
 "${run[@]}" &
 pid=$!
 got=""
