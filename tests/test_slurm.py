@@ -314,3 +314,9 @@ def test_slurm_flags_of_a_task_are_not_pass_through(tmp_path):
                             "--seeds", "1", "--slurm", "--slurm-dir", str(tmp_path), "--run-name", "x"],
                            capture_output=True, text=True, timeout=60)
     assert write.returncode != 0 and "--run-name is set per array task" in write.stderr
+
+
+def test_readme_shows_the_array_tail_as_written():
+    readme = (ROOT / "benchmark" / "README.md").read_text()
+    shown = re.search(r"^restarts=.*?^exit \"\$code\"\n", readme, re.MULTILINE | re.DOTALL)
+    assert shown and shown.group(0) == bench_run.SLURM_TAIL
