@@ -14,6 +14,7 @@ its runs/ folder, where benchmark/summarize.py reads them. The presets use the s
 which are the paper's protocol: 1M steps, evaluation every 10k steps over 10 episodes.
 """
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -49,6 +50,11 @@ ABLATIONS: Plan = [
 ]
 # The flags a grid sets per run; as pass-through flags they would clash with it.
 GRID_FLAGS = ("--seed", "--env-id", "--num-tasks")
+# ... and those a Slurm array sets per task (each task resumes its own run folder).
+SLURM_FLAGS = ("--run-name", "--resume")
+# The env part of the run name of a script that takes neither --env-id nor --num-tasks (the scripts'
+# own run names: see run_name_stable).
+SINGLE_ENV = {"fmer_multigoal.py": "MultiGoal"}
 
 
 @dataclass
@@ -95,6 +101,8 @@ class Args:
     """memory per run"""
     max_parallel: int | None = None
     """at most this many array tasks at a time (the %N throttle of --array)"""
+    signal_seconds: int = 120
+    """Slurm sends USR1 this many seconds before the time limit: the run saves its state and the task requeues itself"""
     setup: str | None = None
     """a shell line the job runs before the script, e.g. "source .venv/bin/activate" """
 
@@ -188,23 +196,89 @@ def run_local(names: list[str], commands: list[list[str]], log_dir: Path, worker
     return len(failed)
 
 
+def run_name_stable(run: Run, extra: list[str]) -> str:
+    """{env}__{exp_name}__{seed}: the run's runs/ folder in a Slurm array (`--run-name`), the scripts' default
+    name without its time, so that every start of the task, a requeued one too, finds the same folder and
+    benchmark/summarize.py reads it as usual. env: the env id, FrankaKitchen-v1-N{tasks}, or the script's own."""
+    label, rest = run_name(run, extra).split("__", 1)
+    if run.args[:1] == ("--num-tasks",):
+        label = f"FrankaKitchen-v1-{label}"
+    elif label == "default":
+        label = SINGLE_ENV.get(Path(run.script).name, label)
+    return f"{label}__{rest}"
+
+
+def slurm_command(run: Run, python: str, extra: list[str]) -> list[str]:
+    """The command of an array task: it resumes its run folder if it has a saved state, else starts it."""
+    return [*command(run, python, extra), "--resume", "auto", "--run-name", run_name_stable(run, extra)]
+
+
+# The end of every array task's script. Slurm sends USR1 (--signal=B:USR1@seconds) to the batch shell
+# only, so the run goes in the background and this shell passes signals on; the run saves its state and
+# exits with 128 + the signal number. TERM (`scontrol requeue`, preemption, scancel, the time limit
+# itself) also reaches the run straight from Slurm, a second TERM changes nothing.
+SLURM_TAIL = r"""restarts=${SLURM_RESTART_COUNT:-0}
+echo "array task $SLURM_ARRAY_TASK_ID (job ${SLURM_JOB_ID:-none}, restart $restarts): ${run[*]}"
+"${run[@]}" &
+pid=$!
+got=""
+pass_on() { got=$1; interrupted=1; kill -s "$1" "$pid" 2>/dev/null || true; }
+trap 'pass_on USR1' USR1
+trap 'pass_on TERM' TERM
+trap 'pass_on INT' INT
+again=""
+while :; do  # a trapped signal ends `wait` early: wait again, for the run's own exit status
+    interrupted=0
+    status=0
+    wait "$pid" 2>/dev/null || status=$?
+    # 127 on a second wait: the run had ended just before the signal, and code is its status
+    [[ -n $again && $interrupted == 0 && $status == 127 ]] && break
+    code=$status
+    again=1
+    [[ $interrupted == 1 ]] || break
+done
+if [[ $got == USR1 && $code == 138 && -n ${SLURM_JOB_ID:-} ]]; then
+    # the time limit is near and the run has saved its state: back into the queue, to resume
+    echo "array task $SLURM_ARRAY_TASK_ID: saved before the time limit, requeueing job $SLURM_JOB_ID"
+    scontrol requeue "$SLURM_JOB_ID"
+fi
+exit "$code"
+"""
+
+
+def slurm_seconds(limit: str) -> int | None:
+    """A Slurm --time in seconds: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S; None for another text (e.g. infinite)."""
+    days, _, rest = limit.rpartition("-")
+    parts = rest.split(":")
+    if not (days == "" or days.isdigit()) or not all(part.isdigit() for part in parts) or len(parts) > 3:
+        return None
+    numbers = [int(part) for part in parts]
+    if days:  # D-H, D-H:M, D-H:M:S
+        hours, minutes, seconds = (numbers + [0, 0])[:3]
+        return ((int(days) * 24 + hours) * 60 + minutes) * 60 + seconds
+    if len(numbers) == 3:
+        return (numbers[0] * 60 + numbers[1]) * 60 + numbers[2]
+    return numbers[0] * 60 + (numbers[1] if len(numbers) == 2 else 0)
+
+
 def slurm_script(runs: list[Run], commands: list[list[str]], args: Args, job_name: str, out_dir: Path) -> str:
-    """A job array script: task i runs commands[i] from the repository root."""
+    """A job array script: task i runs commands[i] from the repository root, and resumes it after a requeue."""
     array = f"0-{len(runs) - 1}" + (f"%{args.max_parallel}" if args.max_parallel else "")
     options = [f"--job-name={job_name}", f"--array={array}", f"--output={out_dir}/%x_%A_%a.out",
+               "--open-mode=append", "--requeue", f"--signal=B:USR1@{args.signal_seconds}",
                "--ntasks=1", f"--cpus-per-task={args.cpus_per_task}", f"--mem={args.mem}", f"--time={args.time}"]
     options += [f"--gpus-per-task={args.gpus_per_task}"] if args.gpus_per_task > 0 else []
     options += [f"--partition={args.partition}"] if args.partition else []
     options += [f"--account={args.account}"] if args.account else []
     lines = ["#!/bin/bash", *(f"#SBATCH {option}" for option in options),
-             f"# written by benchmark/run.py: {len(runs)} runs, one per array task", "set -euo pipefail",
-             f"cd {shlex.quote(str(ROOT))}", 'export OMP_NUM_THREADS="${SLURM_CPUS_PER_TASK:-1}"']
+             f"# written by benchmark/run.py: {len(runs)} runs, one per array task. A task that is requeued",
+             "# (preempted, its node failed, or near its time limit) resumes its run: --resume auto --run-name.",
+             "set -euo pipefail", f"cd {shlex.quote(str(ROOT))}", 'export OMP_NUM_THREADS="${SLURM_CPUS_PER_TASK:-1}"']
     lines += [args.setup] if args.setup else []
     lines += ['case "$SLURM_ARRAY_TASK_ID" in']
     lines += [f"  {i}) run=({shlex.join(cmd)}) ;;" for i, cmd in enumerate(commands)]
-    lines += ['  *) echo "no run has index $SLURM_ARRAY_TASK_ID" >&2; exit 2 ;;', "esac",
-              'echo "array task $SLURM_ARRAY_TASK_ID: ${run[*]}"', 'exec "${run[@]}"']
-    return "\n".join(lines) + "\n"
+    lines += ['  *) echo "no run has index $SLURM_ARRAY_TASK_ID" >&2; exit 2 ;;', "esac"]
+    return "\n".join(lines) + "\n" + SLURM_TAIL
 
 
 def cores() -> int:
@@ -216,6 +290,16 @@ if __name__ == "__main__":
     clashes = [flag for flag in extra if flag.split("=")[0] in GRID_FLAGS]
     if clashes:
         sys.exit(f"error: {clashes[0]} is set per run; use --seeds, --env-ids or --num-tasks")
+    clashes = [flag for flag in extra if flag.split("=")[0] in SLURM_FLAGS]
+    if clashes and args.slurm:
+        sys.exit(f"error: {clashes[0]} is set per array task (--resume auto --run-name {{env}}__{{exp_name}}__{{seed}})")
+    if args.slurm and not 0 < args.signal_seconds < 65536:
+        sys.exit("error: --signal-seconds must be in 1..65535")
+    limit = slurm_seconds(args.time)
+    if args.slurm and limit is not None and limit < args.signal_seconds + 120:
+        # Slurm may send the signal up to 60 s early: a task would save and requeue itself on every start
+        print(f"warning: --time {args.time} leaves less than 2 min beyond --signal-seconds {args.signal_seconds}: "
+              "a task may get USR1 (save, requeue) soon after it starts", file=sys.stderr)
     if (args.preset is None) == (not args.scripts):
         sys.exit("error: give either --preset or --scripts")
     if args.preset is not None and (args.env_ids or args.num_tasks):
@@ -228,6 +312,11 @@ if __name__ == "__main__":
     for script in missing:
         print(f"warning: {script} does not exist (yet)", file=sys.stderr)
 
+    no_resume = sorted({run.script for run in runs if run.script not in missing
+                        and not re.search(r"^\s+resume:", (ROOT / run.script).read_text(), re.MULTILINE)})
+    if args.slurm and no_resume:  # its tasks would fail at once on --resume auto --run-name
+        sys.exit(f"error: {no_resume[0]} takes no --resume: a Slurm array task could not continue its run")
+
     if args.dry_run:
         print("\n".join(shlex.join(cmd) for cmd in commands))
     elif args.slurm:
@@ -235,6 +324,7 @@ if __name__ == "__main__":
         out_dir = ROOT / args.slurm_dir
         out_dir.mkdir(parents=True, exist_ok=True)  # sbatch does not create the --output folder
         path = out_dir / f"{job_name}.sbatch"
+        commands = [slurm_command(run, args.python, extra) for run in runs]
         path.write_text(slurm_script(runs, commands, args, job_name, out_dir))
         print(f"{len(runs)} array tasks written to {path}; submit with:\nsbatch {path}")
     else:

@@ -4,11 +4,17 @@
     python benchmark/summarize.py --runs-dir runs --out /tmp/summary.md --plot-dir /tmp/curves
 
 It reads the tensorboard event files of every run folder `{env}__{exp_name}__{seed}__{time}` under
---runs-dir. The metric is the paper's (Sec. 5.1, following its ref. [32]): per run, the maximum of
+--runs-dir, or `{env}__{exp_name}__{seed}` (a run named with --run-name, as in a Slurm array: its time is
+that of its first event file). The metric is the paper's (Sec. 5.1, following its ref. [32]): per run, the maximum of
 the evaluation metric over the last 10% of training (eval points at step >= 0.9 x the run's
 budget); then the mean and the sample standard deviation (ddof=1) of those maxima over seeds.
 The evaluation metric is `eval/episodic_return`, or `eval/completion_rate` in % for FrankaKitchen.
 
+- Resumed runs: a run that was stopped and resumed (--resume) has one event file per start, and the
+  stopped start may have logged points past its last saved state. The resumed start writes a
+  SessionLog START at its first new step s, and, as in TensorBoard, the values of earlier files at
+  steps >= s are dropped (tensorboard's EventAccumulator does this), so each eval point counts once.
+  Should a step still appear twice (a writer without that START), the last value logged is kept.
 - Budget: the run's `total_timesteps`, read from its `hyperparameters` text summary; a run without
   one (another tool's) gets its last eval step. A run whose last eval is short of its budget is
   unfinished (still running, or it crashed): it is left out, and the notes say so.
@@ -100,19 +106,39 @@ def metric(env: str) -> tuple[str, float, str]:
     return "eval/episodic_return", 1.0, "return"
 
 
-def parse_run_name(name: str) -> tuple[str, str, int, int] | None:
-    """`{env}__{exp_name}__{seed}__{time}` -> (env, exp_name, seed, time), None for another folder."""
+def parse_run_name(name: str) -> tuple[str, str, int, int | None] | None:
+    """`{env}__{exp_name}__{seed}__{time}` -> (env, exp_name, seed, time); `{env}__{exp_name}__{seed}` (a
+    --run-name of benchmark/run.py --slurm) -> (env, exp_name, seed, None); None for another folder."""
     parts = name.rsplit("__", 3)
-    if len(parts) != 4 or not (parts[2].isdigit() and parts[3].isdigit()):
-        return None
-    return parts[0], parts[1], int(parts[2]), int(parts[3])
+    if len(parts) == 4 and parts[2].isdigit() and parts[3].isdigit():
+        return parts[0], parts[1], int(parts[2]), int(parts[3])
+    parts = name.rsplit("__", 2)
+    if len(parts) == 3 and parts[2].isdigit() and "__" not in parts[0]:
+        return parts[0], parts[1], int(parts[2]), None
+    return None
+
+
+def first_event_time(path: Path) -> int:
+    """The time in the name of the run's first event file (events.out.tfevents.{time}.{host}...), 0 if none."""
+    times = [int(f.name.split(".")[3]) for f in path.glob("events.out.tfevents.*")
+             if len(f.name.split(".")) > 3 and f.name.split(".")[3].isdigit()]
+    return min(times, default=0)
+
+
+def scalar_points(accumulator: EventAccumulator, tag: str) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, values) of a scalar tag, each step once. The accumulator has already dropped the points a
+    resumed run's START purges; a step logged twice all the same keeps its last value."""
+    last = {event.step: event.value for event in accumulator.Scalars(tag)}  # in the order logged
+    steps = np.array(sorted(last), dtype=np.int64)
+    return steps, np.array([last[step] for step in steps], dtype=np.float64)
 
 
 def total_timesteps(accumulator: EventAccumulator) -> int | None:
     """total_timesteps from the `|param|value|` table the scripts write with add_text("hyperparameters")."""
     if "hyperparameters/text_summary" not in accumulator.Tags()["tensors"]:
         return None
-    text = accumulator.Tensors("hyperparameters/text_summary")[0].tensor_proto.string_val[0].decode()
+    # the last one: a resumed run may write it again, with a raised --total-timesteps
+    text = accumulator.Tensors("hyperparameters/text_summary")[-1].tensor_proto.string_val[0].decode()
     for line in text.splitlines():
         cells = [cell.strip() for cell in line.strip("|").split("|")]
         if len(cells) == 2 and cells[0] == "total_timesteps":
@@ -123,13 +149,15 @@ def total_timesteps(accumulator: EventAccumulator) -> int | None:
 def load_run(path: Path) -> RunLog | str:
     """The run's eval curve, or why it cannot be used."""
     env, exp_name, seed, time = parse_run_name(path.name)
+    time = first_event_time(path) if time is None else time
     tag, scale, _ = metric(env)
-    accumulator = EventAccumulator(str(path), size_guidance={"scalars": 0, "tensors": 0}).Reload()
+    # purge_orphaned_data (the default): a SessionLog START at step s drops the earlier values at steps >= s
+    accumulator = EventAccumulator(str(path), size_guidance={"scalars": 0, "tensors": 0},
+                                   purge_orphaned_data=True).Reload()
     if tag not in accumulator.Tags()["scalars"]:
         return f"no {tag}"
-    events = accumulator.Scalars(tag)
-    steps = np.array([event.step for event in events])
-    values = np.array([event.value for event in events], dtype=np.float64) * scale
+    steps, values = scalar_points(accumulator, tag)
+    values = values * scale
     budget = total_timesteps(accumulator) or int(steps.max())
     if steps.max() < budget:
         return f"unfinished: last eval at step {steps.max():,} of {budget:,}"
@@ -147,7 +175,7 @@ def collect(runs_dir: Path, last_fraction: float) -> tuple[list[Group], list[str
     notes, newest = [], {}
     for path in sorted(p for p in runs_dir.iterdir() if p.is_dir()):
         if parse_run_name(path.name) is None:
-            notes.append(f"`{path.name}`: not a run folder name `{{env}}__{{exp_name}}__{{seed}}__{{time}}`, skipped")
+            notes.append(f"`{path.name}`: not a run folder name `{{env}}__{{exp_name}}__{{seed}}[__{{time}}]`, skipped")
             continue
         run = load_run(path)
         if isinstance(run, str):

@@ -198,12 +198,18 @@ def test_slurm_array_script(tmp_path):
     assert [int(i) for i in re.findall(r"^  (\d+)\) run=", text, re.MULTILINE)] == list(range(8))
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
 
-    expected = dry_run(*flags)  # with --python python: index i runs expected[i], the python replaced by echo
+    for option in ("--requeue", "--signal=B:USR1@120", "--open-mode=append"):
+        assert f"#SBATCH {option}\n" in text
+
+    # with --python python: index i runs expected[i], the python replaced by echo, and resumes its own run folder
+    expected = dry_run(*flags)
     for i, command in enumerate(expected):
         task = subprocess.run(["bash", str(script)], env=dict(os.environ, SLURM_ARRAY_TASK_ID=str(i)),
                               capture_output=True, text=True, timeout=30)
         assert task.returncode == 0, task.stderr
-        assert task.stdout.splitlines()[-1] == command.removeprefix("python ")
+        env, seed = re.search(r"--env-id (\S+) --seed (\d+)", command).groups()
+        resume = f" --resume auto --run-name {env}__fmer_continuous__{seed}"
+        assert task.stdout.splitlines()[-1] == command.removeprefix("python ") + resume
     beyond = subprocess.run(["bash", str(script)], env=dict(os.environ, SLURM_ARRAY_TASK_ID="8"),
                             capture_output=True)
     assert beyond.returncode == 2
