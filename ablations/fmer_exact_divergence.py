@@ -644,10 +644,11 @@ if __name__ == "__main__":
     run_dir = os.path.dirname(state_path) if state else f"runs/{args.run_name}"
     if state is None and os.path.exists(f"{run_dir}/state.pt"):
         sys.exit(f"error: {run_dir} already holds a run: continue it with --resume {run_dir}, or choose another --run-name")
-    # A resumed run appends to the same log; TensorBoard drops what the stopped run logged after its save.
-    writer = SummaryWriter(run_dir, purge_step=state["counters"][0] + 1 if state else None)
-    if state is None:
-        writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+    # A resumed run appends to the same log; TensorBoard drops what the stopped run logged after its save
+    # (all of it, for a run stopped before its first save). The table is rewritten: --total-timesteps may rise.
+    writer = SummaryWriter(run_dir, purge_step=state["counters"][0] + 1 if state else 0)
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()),
+                    state["counters"][0] if state else 0)
     model_path, state_path = f"{run_dir}/{args.exp_name}.fmer_model", f"{run_dir}/state.pt"
 
     target_critic = TwinQ(obs_dim, act_dim, args.hidden_dim).to(device)
