@@ -194,7 +194,8 @@ sys.path.insert(0, {str(ROOT)!r})
 from fmer_continuous import save_atomically
 state = {{"actor": {{"w": torch.ones(3)}}, "critic": {{}}, "log_alpha": torch.zeros(()), "log_beta": torch.zeros(())}}
 for version in range(1000):
-    save_atomically({{**state, "version": version, "blob": torch.full((20_000_000,), float(version))}}, {str(tmp_path / "state.pt")!r})
+    blob = torch.full((20_000_000,), float(version))
+    save_atomically({{**state, "version": version, "blob": blob}}, {str(tmp_path / "state.pt")!r})
     print(version, flush=True)
 """
     proc = subprocess.Popen([sys.executable, "-c", writer], stdout=subprocess.PIPE, text=True)
