@@ -211,7 +211,7 @@ def sample_candidates(velocity: VelocityField, obs: torch.Tensor, num_candidates
     """Eq. 10: K latent samples per state by Euler integration of the flow ODE.
 
     obs [B, obs_dim] -> samples u [B, K, act_dim], unbounded. App. D.1: the actions are clip(u, -1, 1),
-    and the flow is trained on u itself, since clipping cannot be inverted.
+    and the flow is trained on those env actions as its targets (no latent to recover).
     """
     obs_embedding = velocity.embed_obs(obs).unsqueeze(1)  # [B, 1, hidden], shared by the K candidates
     x = torch.randn(obs.shape[0], num_candidates, velocity.act_dim, device=obs.device)
@@ -268,7 +268,7 @@ H_A0_PER_DIM = 0.5 * math.log(2 * math.pi * math.e)
 
 
 def flow_losses(velocity: VelocityField, obs: torch.Tensor, u: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """WCFM loss (Eq. 11) and the entropy estimate H_hat of the unclipped actions (Eq. 15-16), from
+    """WCFM loss (Eq. 11) and the uncorrected entropy estimate H_hat of the flow (Eq. 15-16), from
     one forward pass on the OT path x_t = (1 - t) x0 + t u_i through the K candidates of each state."""
     t = torch.rand(*u.shape[:-1], 1, device=u.device)
     x0 = torch.randn_like(u)
@@ -372,8 +372,8 @@ def update_actor(obs, actor, critic, actor_optimizer, log_alpha, alpha_optimizer
     """Eq. 8: minimise L_WCFM + alpha * L_H over fresh candidates, then one dual step each on
     beta (toward the target ESS) and alpha (toward the target entropy)."""
     with torch.no_grad():
-        u = sample_candidates(actor, obs, num_candidates, num_steps)
-        q = score_candidates(critic, obs, u.clamp(-1.0, 1.0))  # scored as acted: clipped
+        u = sample_candidates(actor, obs, num_candidates, num_steps).clamp(-1.0, 1.0)  # App. D.1: targets u = a
+        q = score_candidates(critic, obs, u)
         weights, ess = advantage_weights(q, log_beta.exp())
     wcfm, entropy = flow_losses(actor, obs, u, weights)
     entropy_loss = -entropy  # Eq. 18

@@ -255,7 +255,7 @@ def test_clip_entropy_estimates_the_unclipped_gaussian():
     assert abs(entropy.item() - d * 0.5 * math.log(2 * math.pi * math.e * sigma**2)) < 0.05
 
 
-def test_clip_acts_and_scores_clipped_actions_and_trains_on_raw_ones(monkeypatch):
+def test_clip_acts_scores_and_trains_on_clipped_actions(monkeypatch):
     ab = AB["clip"]
     actor, critic, log_alpha, log_beta, (opt, alpha_opt, beta_opt) = small_learner(ab)
     with torch.no_grad():  # a flow whose samples lie mostly outside [-1, 1]
@@ -269,14 +269,31 @@ def test_clip_acts_and_scores_clipped_actions_and_trains_on_raw_ones(monkeypatch
     assert actions.abs().max() <= 1.0 and (actions.abs() == 1.0).any()
     batch = (obs, actions, torch.randn(64), torch.randn(64, 3), torch.zeros(64))
     ab.update_critic(batch, actor, critic, critic, torch.optim.Adam(critic.parameters()), 0.99, 0.005, 8, 5)
-    targets = []
-    original_flow_losses = ab.flow_losses
-    monkeypatch.setattr(ab, "flow_losses", lambda v, o, u, w: targets.append(u) or original_flow_losses(v, o, u, w))
-    ab.update_actor(obs, actor, critic, opt, log_alpha, alpha_opt, log_beta, beta_opt, 8, 5, 4.0, -2.0)
-    assert len(seen) == 4 and max(seen) == 1.0  # acting, critic target and loss, actor candidates
-    assert targets[0].abs().max() > 2.0  # the flow's targets are the raw samples, not clipped
+    assert len(seen) == 3 and max(seen) == 1.0  # acting, critic target and critic loss
     # the parent squashes instead: the same flow gives actions strictly inside the box
     assert (fm.best_of_k_actions(actor, critic, obs, 8, 5).abs() < 1.0).float().mean() > 0.5
+
+
+def test_clip_flow_targets_are_exactly_the_clipped_actions(monkeypatch):
+    """App. D.1: "use the environment actions directly as the flow targets". Trained on the raw samples
+    instead, the entropy would be that of an unbounded u, and mass beyond +-1 would meet the entropy
+    constraint for free while the actions pile up on the box edges."""
+    ab = AB["clip"]
+    actor, critic, log_alpha, log_beta, (opt, alpha_opt, beta_opt) = small_learner(ab)
+    with torch.no_grad():  # samples both inside and outside [-1, 1]
+        actor.layers[-1].bias.copy_(torch.tensor([1.5, 0.0]))
+    obs = torch.randn(64, 3)
+    torch.manual_seed(5)
+    raw = ab.sample_candidates(actor, obs, 8, 5)  # the candidates update_actor draws next, from the same seed
+    assert raw.abs().max() > 2.0 and (raw.abs() < 0.9).float().mean() > 0.2
+    targets, scored = [], []
+    original_flow_losses, original_forward = ab.flow_losses, critic.forward
+    monkeypatch.setattr(ab, "flow_losses", lambda v, o, u, w: targets.append(u) or original_flow_losses(v, o, u, w))
+    monkeypatch.setattr(critic, "forward", lambda o, a: scored.append(a) or original_forward(o, a))
+    torch.manual_seed(5)
+    ab.update_actor(obs, actor, critic, opt, log_alpha, alpha_opt, log_beta, beta_opt, 8, 5, 4.0, -2.0)
+    assert torch.equal(targets[0], raw.clamp(-1.0, 1.0))  # the env actions, not the raw samples
+    assert torch.equal(scored[0], targets[0])  # and they are what the critic scored
 
 
 # ---------------------------------------------------------------- ODE solvers
