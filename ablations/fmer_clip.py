@@ -372,7 +372,8 @@ def update_actor(obs, actor, critic, actor_optimizer, log_alpha, alpha_optimizer
     """Eq. 8: minimise L_WCFM + alpha * L_H over fresh candidates, then one dual step each on
     beta (toward the target ESS) and alpha (toward the target entropy)."""
     with torch.no_grad():
-        u = sample_candidates(actor, obs, num_candidates, num_steps).clamp(-1.0, 1.0)  # App. D.1: targets u = a
+        u = sample_candidates(actor, obs, num_candidates, num_steps)
+        u = u.clamp(-1.0, 1.0)  # App. D.1: the env actions are the flow targets
         q = score_candidates(critic, obs, u)
         weights, ess = advantage_weights(q, log_beta.exp())
     wcfm, entropy = flow_losses(actor, obs, u, weights)
