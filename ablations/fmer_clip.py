@@ -85,8 +85,8 @@ class Args:
     """K: candidate actions drawn per state (acting, critic target, policy loss)"""
     ode_steps: int = 10
     """N: Euler steps of the flow ODE (Eq. 10)"""
-    ess_target: float = 4.0
-    """target effective sample size of the advantage weights (Eq. 14), in [1, K]"""
+    ess_target: float | None = None
+    """target ESS of the advantage weights (Eq. 14), in [1, K]; default K / 2 (ours, from the paper's 4 of K = 8)"""
     beta_init: float = 0.5
     """initial mirror-descent temperature beta"""
     beta_lr: float = 3e-2
@@ -245,7 +245,7 @@ def sample_candidates(velocity: VelocityField, obs: torch.Tensor, num_candidates
     """Eq. 10: K latent samples per state by Euler integration of the flow ODE.
 
     obs [B, obs_dim] -> samples u [B, K, act_dim], unbounded. App. D.1: the actions are clip(u, -1, 1),
-    and the flow is trained on u itself, since clipping cannot be inverted.
+    and the flow is trained on those env actions as its targets (no latent to recover).
     """
     obs_embedding = velocity.embed_obs(obs).unsqueeze(1)  # [B, 1, hidden], shared by the K candidates
     x = torch.randn(obs.shape[0], num_candidates, velocity.act_dim, device=obs.device)
@@ -302,7 +302,7 @@ H_A0_PER_DIM = 0.5 * math.log(2 * math.pi * math.e)
 
 
 def flow_losses(velocity: VelocityField, obs: torch.Tensor, u: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """WCFM loss (Eq. 11) and the entropy estimate H_hat of the unclipped actions (Eq. 15-16), from
+    """WCFM loss (Eq. 11) and the uncorrected entropy estimate H_hat of the flow (Eq. 15-16), from
     one forward pass on the OT path x_t = (1 - t) x0 + t u_i through the K candidates of each state."""
     t = torch.rand(*u.shape[:-1], 1, device=u.device)
     x0 = torch.randn_like(u)
@@ -420,7 +420,8 @@ def update_actor(obs, actor, critic, actor_optimizer, log_alpha, alpha_optimizer
     beta (toward the target ESS) and alpha (toward the target entropy)."""
     with torch.no_grad():
         u = sample_candidates(actor, obs, num_candidates, num_steps)
-        q = score_candidates(critic, obs, u.clamp(-1.0, 1.0))  # scored as acted: clipped
+        u = u.clamp(-1.0, 1.0)  # App. D.1: the env actions are the flow targets
+        q = score_candidates(critic, obs, u)
         weights, ess = advantage_weights(q, log_beta.exp())
     wcfm, entropy = flow_losses(actor, obs, u, weights)
     entropy_loss = -entropy  # Eq. 18
@@ -517,12 +518,14 @@ def check_env(env_id: str) -> tuple[gym.spaces.Box, gym.spaces.Space]:
 
 
 def check_args(args: Args) -> None:
-    """Exit with one line on flags that cannot work together."""
+    """Fill in the default ESS target (it depends on K); exit with one line on flags that cannot work together."""
     for name in ("total_timesteps", "num_envs", "buffer_size", "batch_size", "updates_per_step", "policy_frequency",
                  "hidden_dim", "num_candidates", "ode_steps", "eval_frequency", "eval_episodes", "log_frequency",
                  "checkpoint_frequency"):
         if getattr(args, name) < 1:
             sys.exit(f"error: --{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.ess_target is None:  # K / 2 (ours): a fixed 4 would force uniform weights at K = 4 (ESS <= K)
+        args.ess_target = max(1.0, args.num_candidates / 2)
     if not 1.0 <= args.ess_target <= args.num_candidates:
         sys.exit(f"error: --ess-target must lie in [1, --num-candidates={args.num_candidates}]")
     if not (args.alpha_init > 0.0 and args.beta_init > 0.0):

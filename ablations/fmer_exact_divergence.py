@@ -85,8 +85,8 @@ class Args:
     """K: candidate actions drawn per state (acting, critic target, policy loss)"""
     ode_steps: int = 10
     """N: Euler steps of the flow ODE (Eq. 10)"""
-    ess_target: float = 4.0
-    """target effective sample size of the advantage weights (Eq. 14), in [1, K]"""
+    ess_target: float | None = None
+    """target ESS of the advantage weights (Eq. 14), in [1, K]; default K / 2 (ours, from the paper's 4 of K = 8)"""
     beta_init: float = 0.5
     """initial mirror-descent temperature beta"""
     beta_lr: float = 3e-2
@@ -531,12 +531,14 @@ def check_env(env_id: str) -> tuple[gym.spaces.Box, gym.spaces.Space]:
 
 
 def check_args(args: Args) -> None:
-    """Exit with one line on flags that cannot work together."""
+    """Fill in the default ESS target (it depends on K); exit with one line on flags that cannot work together."""
     for name in ("total_timesteps", "num_envs", "buffer_size", "batch_size", "updates_per_step", "policy_frequency",
                  "hidden_dim", "num_candidates", "ode_steps", "eval_frequency", "eval_episodes", "log_frequency",
                  "checkpoint_frequency"):
         if getattr(args, name) < 1:
             sys.exit(f"error: --{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.ess_target is None:  # K / 2 (ours): a fixed 4 would force uniform weights at K = 4 (ESS <= K)
+        args.ess_target = max(1.0, args.num_candidates / 2)
     if not 1.0 <= args.ess_target <= args.num_candidates:
         sys.exit(f"error: --ess-target must lie in [1, --num-candidates={args.num_candidates}]")
     if not (args.alpha_init > 0.0 and args.beta_init > 0.0):

@@ -53,6 +53,7 @@ if __name__ == "__main__":
     action_space, observation_space = fk.check_env(tasks)
     obs_dim, act_dim = observation_space.shape[0], action_space.shape[0]
     d = fk.Args()  # the script's defaults: network width, K, N, batch size, gamma, tau
+    fk.check_args(d)  # fills in the default ESS target, K / 2
     actor, critic = fk.VelocityField(obs_dim, act_dim, d.hidden_dim), fk.TwinQ(obs_dim, act_dim, d.hidden_dim)
 
     def policy(obs):

@@ -121,6 +121,7 @@ class Setup:
 
     def __init__(self, obs_dim: int, act_dim: int, device: torch.device):
         args = fm.Args()
+        fm.check_args(args)  # fills in the default ESS target, K / 2
         self.B, self.K, self.N, self.H = args.batch_size, args.num_candidates, args.ode_steps, args.hidden_dim
         torch.manual_seed(0)
         self.actor = fm.VelocityField(obs_dim, act_dim, self.H).to(device)

@@ -1,5 +1,6 @@
-"""The paper's ablations in ablations/: each is a copy of fmer_continuous.py that differs from it only in
-the idea under study (the diff-size test keeps them in step with the parent), and really changes it."""
+"""The paper's ablations in ablations/: each is a copy of fmer_continuous.py (fmer_kitchen.py for the kitchen
+copy) that differs from it only in the idea under study (the diff-size test keeps them in step with the
+parent), and really changes it."""
 import copy
 import dataclasses
 import difflib
@@ -17,12 +18,22 @@ import torch
 import torch.nn as nn
 
 import fmer_continuous as fm
+import fmer_kitchen as fk
 
 ROOT = Path(__file__).resolve().parents[1]
-ABLATIONS = ["no_entropy", "uniform_weights", "clip", "exact_divergence", "fixed_beta", "top1", "ode_solver"]
-OWN_ARGS = {"no_entropy": {"entropy_off_step": 0}, "fixed_beta": {"beta": 0.5}, "ode_solver": {"solver": "euler"}}
+ABLATIONS = ["no_entropy", "uniform_weights", "clip", "exact_divergence", "fixed_beta", "top1", "ode_solver",
+             "kitchen_fixed_beta"]
+OWN_ARGS = {"no_entropy": {"entropy_off_step": 0}, "fixed_beta": {"beta": 0.5}, "ode_solver": {"solver": "euler"},
+            "kitchen_fixed_beta": {"beta": 0.5}}
+PARENTS = {"kitchen_fixed_beta": ("fmer_kitchen.py", fk)}  # the others: fmer_continuous.py
 
-# Changed lines (added + removed) against fmer_continuous.py, header included.
+
+def parent_of(name: str):
+    """(file name, module) of the script an ablation copies."""
+    return PARENTS.get(name, ("fmer_continuous.py", fm))
+
+
+# Changed lines (added + removed) against the parent, header included.
 MAX_CHANGED_LINES = 40
 DIFF_EXCEPTIONS = {
     # the solver has to reach all four sampler calls (acting, evaluation, critic target, actor candidates)
@@ -43,7 +54,7 @@ AB = {name: load(name) for name in ABLATIONS}
 
 
 def changed_lines(name: str) -> int:
-    parent = (ROOT / "fmer_continuous.py").read_text().splitlines()
+    parent = (ROOT / parent_of(name)[0]).read_text().splitlines()
     child = (ROOT / "ablations" / f"fmer_{name}.py").read_text().splitlines()
     diff = list(difflib.unified_diff(parent, child, lineterm="", n=0))[2:]  # past the ---/+++ header
     return sum(1 for line in diff if line.startswith(("+", "-")))
@@ -56,7 +67,7 @@ def changed_lines(name: str) -> int:
 def test_diff_against_parent_stays_small(name, record_property):
     size = changed_lines(name)
     record_property("changed_lines", size)
-    print(f"fmer_{name}.py: {size} changed lines against fmer_continuous.py")
+    print(f"fmer_{name}.py: {size} changed lines against {parent_of(name)[0]}")
     bound = DIFF_EXCEPTIONS.get(name, MAX_CHANGED_LINES)
     assert size <= bound, f"fmer_{name}.py differs from its parent in {size} lines (bound {bound})"
     assert size > 4, "only the header differs: the ablation is missing"
@@ -68,10 +79,11 @@ def test_diff_against_parent_stays_small(name, record_property):
 def test_header_and_args(name):
     lines = (ROOT / "ablations" / f"fmer_{name}.py").read_text().splitlines()
     assert lines[0].startswith("# FMER ablation, paper ") and ("Fig." in lines[0] or "Table" in lines[0])
-    assert f"`diff fmer_continuous.py ablations/fmer_{name}.py`" in lines[1]
+    parent_file, parent_module = parent_of(name)
+    assert f"`diff {parent_file} ablations/fmer_{name}.py`" in lines[1]
     module = AB[name]
     assert module.Args().exp_name == f"fmer_{name}"
-    parent = {f.name: f.default for f in dataclasses.fields(fm.Args)}
+    parent = {f.name: f.default for f in dataclasses.fields(parent_module.Args)}
     child = {f.name: f.default for f in dataclasses.fields(module.Args)}
     # every flag of the parent, with its default, plus the ablation's own
     assert {k: v for k, v in child.items() if k in parent and k != "exp_name"} == {
@@ -152,12 +164,12 @@ def test_top1_puts_all_weight_on_the_best_candidate():
     assert (fm.advantage_weights(q, torch.tensor(0.5))[0][torch.arange(6), best] < 0.999).any()
 
 
-@pytest.mark.parametrize("name", ["fixed_beta", "uniform_weights", "top1"])
+@pytest.mark.parametrize("name", ["fixed_beta", "uniform_weights", "top1", "kitchen_fixed_beta"])
 def test_beta_stays_constant_where_the_parent_tunes_it(name):
     ab = AB[name]
     obs = torch.randn(32, 3)
     betas = {}
-    for label, module in (("parent", fm), ("ablation", ab)):
+    for label, module in (("parent", parent_of(name)[1]), ("ablation", ab)):
         actor, critic, log_alpha, log_beta, (opt, alpha_opt, beta_opt) = small_learner(module)
         before = log_beta.item()
         for _ in range(5):
@@ -255,7 +267,7 @@ def test_clip_entropy_estimates_the_unclipped_gaussian():
     assert abs(entropy.item() - d * 0.5 * math.log(2 * math.pi * math.e * sigma**2)) < 0.05
 
 
-def test_clip_acts_and_scores_clipped_actions_and_trains_on_raw_ones(monkeypatch):
+def test_clip_acts_scores_and_trains_on_clipped_actions(monkeypatch):
     ab = AB["clip"]
     actor, critic, log_alpha, log_beta, (opt, alpha_opt, beta_opt) = small_learner(ab)
     with torch.no_grad():  # a flow whose samples lie mostly outside [-1, 1]
@@ -269,14 +281,31 @@ def test_clip_acts_and_scores_clipped_actions_and_trains_on_raw_ones(monkeypatch
     assert actions.abs().max() <= 1.0 and (actions.abs() == 1.0).any()
     batch = (obs, actions, torch.randn(64), torch.randn(64, 3), torch.zeros(64))
     ab.update_critic(batch, actor, critic, critic, torch.optim.Adam(critic.parameters()), 0.99, 0.005, 8, 5)
-    targets = []
-    original_flow_losses = ab.flow_losses
-    monkeypatch.setattr(ab, "flow_losses", lambda v, o, u, w: targets.append(u) or original_flow_losses(v, o, u, w))
-    ab.update_actor(obs, actor, critic, opt, log_alpha, alpha_opt, log_beta, beta_opt, 8, 5, 4.0, -2.0)
-    assert len(seen) == 4 and max(seen) == 1.0  # acting, critic target and loss, actor candidates
-    assert targets[0].abs().max() > 2.0  # the flow's targets are the raw samples, not clipped
+    assert len(seen) == 3 and max(seen) == 1.0  # acting, critic target and critic loss
     # the parent squashes instead: the same flow gives actions strictly inside the box
     assert (fm.best_of_k_actions(actor, critic, obs, 8, 5).abs() < 1.0).float().mean() > 0.5
+
+
+def test_clip_flow_targets_are_exactly_the_clipped_actions(monkeypatch):
+    """App. D.1: "use the environment actions directly as the flow targets". Trained on the raw samples
+    instead, the entropy would be that of an unbounded u, and mass beyond +-1 would meet the entropy
+    constraint for free while the actions pile up on the box edges."""
+    ab = AB["clip"]
+    actor, critic, log_alpha, log_beta, (opt, alpha_opt, beta_opt) = small_learner(ab)
+    with torch.no_grad():  # samples both inside and outside [-1, 1]
+        actor.layers[-1].bias.copy_(torch.tensor([1.5, 0.0]))
+    obs = torch.randn(64, 3)
+    torch.manual_seed(5)
+    raw = ab.sample_candidates(actor, obs, 8, 5)  # the candidates update_actor draws next, from the same seed
+    assert raw.abs().max() > 2.0 and (raw.abs() < 0.9).float().mean() > 0.2
+    targets, scored = [], []
+    original_flow_losses, original_forward = ab.flow_losses, critic.forward
+    monkeypatch.setattr(ab, "flow_losses", lambda v, o, u, w: targets.append(u) or original_flow_losses(v, o, u, w))
+    monkeypatch.setattr(critic, "forward", lambda o, a: scored.append(a) or original_forward(o, a))
+    torch.manual_seed(5)
+    ab.update_actor(obs, actor, critic, opt, log_alpha, alpha_opt, log_beta, beta_opt, 8, 5, 4.0, -2.0)
+    assert torch.equal(targets[0], raw.clamp(-1.0, 1.0))  # the env actions, not the raw samples
+    assert torch.equal(scored[0], targets[0])  # and they are what the critic scored
 
 
 # ---------------------------------------------------------------- ODE solvers
@@ -443,7 +472,7 @@ SMOKE = ["--env-id", "Pendulum-v1", "--total-timesteps", "500", "--learning-star
          "--eval-frequency", "250", "--eval-episodes", "2", "--log-frequency", "20", "--hidden-dim", "64",
          "--batch-size", "64", "--seed", "3"]
 OWN_FLAGS = {"no_entropy": ["--entropy-off-step", "450"], "fixed_beta": ["--beta", "0.3"],
-             "ode_solver": ["--solver", "rk4"]}
+             "ode_solver": ["--solver", "rk4"], "kitchen_fixed_beta": ["--num-tasks", "1", "--beta", "0.3"]}
 
 
 def run_ablation(name, args, cwd):
@@ -464,7 +493,8 @@ def read_scalars(run_root: Path) -> dict:
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ABLATIONS)
 def test_smoke_run(name, tmp_path):
-    proc = run_ablation(name, SMOKE + OWN_FLAGS.get(name, []), tmp_path)
+    smoke = SMOKE[2:] if name.startswith("kitchen") else SMOKE  # the kitchen copy has no --env-id
+    proc = run_ablation(name, smoke + OWN_FLAGS.get(name, []), tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_name, scalars = read_scalars(tmp_path)
     assert f"__fmer_{name}__" in run_name
@@ -474,15 +504,16 @@ def test_smoke_run(name, tmp_path):
         assert all(value == 0.0 for step, value in scalars["losses/alpha"] if step >= 450)
         assert all(value > 0.0 for step, value in scalars["losses/alpha"] if step < 450)
         assert any(step < 450 for step, _ in scalars["losses/alpha"]) and any(step >= 450 for step, _ in scalars["losses/alpha"])
-    if name in ("fixed_beta", "uniform_weights", "top1"):
-        beta = 0.3 if name == "fixed_beta" else 0.5
+    if name in ("fixed_beta", "uniform_weights", "top1", "kitchen_fixed_beta"):
+        beta = 0.3 if name.endswith("fixed_beta") else 0.5
         assert all(value == pytest.approx(beta) for _, value in scalars["losses/beta"])
         assert "losses/beta_loss" not in scalars
 
 
 @pytest.mark.slow
-def test_fixed_beta_refuses_a_non_positive_beta(tmp_path):
-    proc = run_ablation("fixed_beta", ["--beta", "0"], tmp_path)
+@pytest.mark.parametrize("name", ["fixed_beta", "kitchen_fixed_beta"])
+def test_fixed_beta_refuses_a_non_positive_beta(name, tmp_path):
+    proc = run_ablation(name, ["--beta", "0"], tmp_path)
     assert proc.returncode != 0 and proc.stderr.strip() == "error: --beta must be positive, got 0.0"
 
 

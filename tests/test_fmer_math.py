@@ -124,6 +124,45 @@ def test_dual_update_clamps():
     assert log_p.item() == 10.0
 
 
+def candidate_q_values(gen: torch.Generator, B: int, K: int, act_dim: int = 6) -> torch.Tensor:
+    """Q values [B, K] of K candidates per state, drawn like a critic's: quadratic around its best action,
+    candidates from a unit-Gaussian policy near it, a curvature that varies by state (per-state Q spreads of
+    a few hundredths to a few tenths; the short Pendulum runs' beta settled at 0.03-0.05), any offset V(s)."""
+    actions = torch.randn(B, K, act_dim, generator=gen)
+    best = 0.5 * torch.randn(B, 1, act_dim, generator=gen)
+    curvature = torch.empty(B, 1).uniform_(math.log(0.02), math.log(0.5), generator=gen).exp()
+    return 100.0 * torch.randn(B, 1, generator=gen) - curvature * (actions - best).pow(2).mean(dim=-1)
+
+
+@pytest.mark.parametrize("K", [4, 8, 16, 32])
+def test_beta_controller_settles_at_the_default_ess_target(K):
+    """Table 13 runs K = 4, 8, 16, 32. ESS <= K, with equality only for uniform weights: the old fixed
+    target of 4 was unreachable at K = 4, so every step read "too sharp" and beta rose without end
+    (toward its clamp, weights uniform: silently the uniform-weights ablation). With the default
+    target K / 2 beta settles on the scale of the candidates' Q spread, at its default rate."""
+    args = fm.Args(num_candidates=K)
+    fm.check_args(args)
+    gen = torch.Generator().manual_seed(0)
+    log_beta = torch.tensor(math.log(args.beta_init), requires_grad=True)
+    optimizer = torch.optim.Adam([log_beta], lr=args.beta_lr)
+    ess, log_betas, spread = [], [], []
+    for _ in range(1000):
+        q = candidate_q_values(gen, 128, K)
+        _, ess_now = fm.advantage_weights(q, log_beta.detach().exp())
+        fm.dual_update(log_beta, optimizer, ess_now.mean(), args.ess_target)
+        ess.append(ess_now.mean().item())
+        log_betas.append(log_beta.item())
+        spread.append(q.std(dim=1).median().item())
+    last, before = np.array(log_betas[-300:]), np.array(log_betas[-600:-300])
+    assert abs(np.mean(ess[-300:]) - args.ess_target) < 0.1 * args.ess_target, (np.mean(ess[-300:]), args.ess_target)
+    assert abs(last.mean() - before.mean()) < 0.05, (before.mean(), last.mean())  # settled, not drifting
+    # away from both clamps: beta on the scale of the Q spread (far above it the weights are uniform, at
+    # K = 4 with a target of 4 about 200 times it and rising; far below, one-hot)
+    ratio = math.exp(last.mean()) / np.median(spread[-300:])
+    assert 0.1 < ratio < 10.0, ratio
+    assert -9.0 < last.min() and last.max() < 9.0
+
+
 def test_update_actor_moves_beta_and_alpha_toward_targets():
     torch.manual_seed(0)
     obs_dim, act_dim = 3, 2
@@ -189,6 +228,7 @@ def test_alpha_and_beta_track_their_targets():
         for w in critic.weights:
             w.mul_(3)
     args = fm.Args()
+    fm.check_args(args)  # the default ESS target: K / 2 = 4
     log_alpha = torch.tensor(math.log(args.alpha_init), requires_grad=True)
     log_beta = torch.tensor(math.log(args.beta_init), requires_grad=True)
     alpha_opt = torch.optim.Adam([log_alpha], lr=args.alpha_lr)

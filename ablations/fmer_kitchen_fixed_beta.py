@@ -1,0 +1,772 @@
+# FMER ablation, paper App. D.3 / Table 12 (FrankaKitchen): constant beta (--beta) instead of beta tuned to the ESS.
+# A diff-style copy of fmer_kitchen.py: `diff fmer_kitchen.py ablations/fmer_kitchen_fixed_beta.py` shows the change.
+import contextlib
+import io
+import math
+import os
+import random
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+import gymnasium as gym
+import mujoco
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+from torch.utils.tensorboard import SummaryWriter
+
+with contextlib.redirect_stderr(io.StringIO()):  # its import prints a notice about the Adroit envs
+    import gymnasium_robotics
+gym.register_envs(gymnasium_robotics)
+
+
+@dataclass
+class Args:
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment"""
+    seed: int = 1
+    """seed of the experiment"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = True
+    """if toggled, cuda will be used when available (falls back to CPU with a note)"""
+    compile: bool = False
+    """torch.compile the update and act functions (ours, as LeanRL; the eager code is the readable one)"""
+    cudagraphs: bool = False
+    """replay the update and act functions as CUDA graphs (ours, as LeanRL; CUDA only; add --compile for full speed)"""
+    save_model: bool = False
+    """save a checkpoint at every evaluation, at the end, and on Ctrl-C or a crash"""
+    checkpoint: str | None = None
+    """path of a checkpoint saved with --save-model (used with --eval-only)"""
+    eval_only: bool = False
+    """evaluate --checkpoint for --eval-episodes episodes and exit (tasks, width, K and N come from the checkpoint)"""
+    log_frequency: int = 100
+    """write the training losses to tensorboard every this many env steps"""
+    progress_seconds: float = 30.0
+    """print a progress line (step, SPS, ETA, last return) every this many seconds"""
+
+    # Algorithm specific arguments
+    num_tasks: Literal[1, 2, 4, 7] = 1
+    """N: the paper's task set with N subtasks (TASK_SETS below)"""
+    tasks: list[str] | None = None
+    """an explicit list of FrankaKitchen subtasks instead of --num-tasks, e.g. --tasks microwave kettle"""
+    total_timesteps: int = 1_000_000
+    """total env steps, summed over the vector envs"""
+    num_envs: int = 1
+    """the number of parallel training envs (a vector step is num_envs env steps)"""
+    buffer_size: int = 1_000_000
+    """the replay memory size"""
+    gamma: float = 0.99
+    """the discount factor gamma"""
+    tau: float = 0.005
+    """target critic smoothing coefficient (Polyak)"""
+    batch_size: int = 256
+    """the batch size of states sampled from the replay memory"""
+    learning_starts: int = 10_000
+    """env steps of uniform random actions before acting and learning start"""
+    updates_per_step: int = 1
+    """critic updates per env step (ours: 1, the CleanRL convention)"""
+    policy_frequency: int = 2
+    """every this many critic updates, run as many actor/alpha/beta updates (ours, CleanRL SAC's delayed update)"""
+    actor_lr: float = 3e-4
+    """actor learning rate at the start (linearly annealed)"""
+    actor_lr_end: float = 3e-5
+    """actor learning rate at the end of training (ours)"""
+    critic_lr: float = 3e-4
+    """critic learning rate (ours)"""
+    hidden_dim: int = 256
+    """width of the 3 hidden Mish layers of the velocity field and of each critic"""
+    num_candidates: int = 8
+    """K: candidate actions drawn per state (acting, critic target, policy loss)"""
+    ode_steps: int = 10
+    """N: Euler steps of the flow ODE (Eq. 10)"""
+    ess_target: float | None = None
+    """target ESS of the advantage weights (Eq. 14), in [1, K]; default K / 2 (ours, from the paper's 4 of K = 8)"""
+    beta_init: float = 0.5
+    """initial mirror-descent temperature beta"""
+    beta_lr: float = 3e-2
+    """Adam learning rate on log(beta) (ours)"""
+    beta: float = 0.5
+    """the constant beta (Table 12; its fixed values are lost from the paper's text, so ours: the adaptive init 0.5)"""
+    alpha_init: float = 0.5
+    """initial entropy Lagrange multiplier alpha"""
+    alpha_lr: float = 3e-3
+    """Adam learning rate on log(alpha) (ours)"""
+    target_entropy_start: float = 0.0
+    """target entropy per action dimension (nats, in [-1, 1]^d) at step 0 (ours)"""
+    target_entropy_end: float = -1.0
+    """target entropy per action dimension at the last step, annealed linearly (ours)"""
+    eval_frequency: int = 10_000
+    """evaluate the best-of-K policy every this many env steps"""
+    eval_episodes: int = 10
+    """the number of evaluation episodes, run on a separate env"""
+
+
+# The paper's task compositions (App. C.4); each set extends the one before it.
+TASK_SETS = {
+    1: ["light switch"],
+    2: ["light switch", "slide cabinet"],
+    4: ["light switch", "slide cabinet", "bottom burner", "microwave"],
+    7: ["light switch", "slide cabinet", "bottom burner", "microwave", "kettle", "top burner", "hinge cabinet"],
+}
+EPISODE_STEPS = 280  # the paper's episode length, also the env's default
+
+
+class KitchenObservation(gym.Wrapper):
+    """FrankaKitchen's dict observation reduced to its 59-D "observation" vector (robot joint positions
+    and velocities, object joint positions and velocities), plus info["completed"]: the 0/1 subtasks,
+    in the order of `tasks`, that this episode has completed so far.
+
+    The goal parts add nothing: "desired_goal" is the same constant in every episode of a task set,
+    and "achieved_goal" repeats object joint positions that "observation" already holds.
+    """
+
+    def __init__(self, env: gym.Env, tasks: list[str]):
+        super().__init__(env)
+        self.tasks = tasks
+        self.observation_space = env.observation_space["observation"]
+
+    def reset(self, **kwargs):
+        obs, _ = self.env.reset(**kwargs)
+        return obs["observation"], {"completed": np.zeros(len(self.tasks))}
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        done = info["episode_task_completions"]  # the env's own list, which its reset clears
+        completed = np.array([task in done for task in self.tasks], dtype=np.float64)
+        return obs["observation"], reward, terminated, truncated, {"completed": completed}
+
+
+def make_env(tasks: list[str], seed: int):
+    def thunk():
+        # Reward: the number of subtasks first completed on this step; terminated once all are done.
+        # No env checker: it warns that the goal dict is shared between steps, and that dict is dropped.
+        env = gym.make("FrankaKitchen-v1", tasks_to_complete=tasks, max_episode_steps=EPISODE_STEPS,
+                       disable_env_checker=True)
+        env = KitchenObservation(env, tasks)
+        env = gym.wrappers.RecordEpisodeStatistics(env)
+        env.action_space.seed(seed)
+        return env
+
+    return thunk
+
+
+def make_vector_env(tasks: list[str], num_envs: int, seed: int) -> gym.vector.SyncVectorEnv:
+    # SAME_STEP autoreset: an episode's true last observation comes back in infos["final_obs"]
+    # on the step that ends it, and the next observation is already the reset one, so no
+    # transition ever spans two episodes.
+    return gym.vector.SyncVectorEnv(
+        [make_env(tasks, seed + i) for i in range(num_envs)],
+        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+    )
+
+
+def mish_with_derivative(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mish, x * tanh(softplus(x)), and its derivative, which the divergence needs (Eq. 15-16).
+
+    Written with a single exp, tanh(log(1 + e^x)) = n / (n + 2) with n = e^x (e^x + 2): equal to
+    F.mish to float32 rounding, and a form torch.compile fuses into one pass over memory.
+    """
+    e = torch.exp(x.clamp(max=20.0))  # past 20, n / (n + 2) is 1 in float32
+    n = e * (e + 2.0)
+    tanh_softplus = n / (n + 2.0)
+    return x * tanh_softplus, tanh_softplus + x * 4.0 * e * (e + 1.0) / (n + 2.0) ** 2
+
+
+def mish(x: torch.Tensor) -> torch.Tensor:
+    # Eager: F.mish's single kernel. Compiled: the one-exp form, which fuses (6x faster than the
+    # compiler's own expansion of F.mish on CPU); the unused derivative is dropped.
+    return mish_with_derivative(x)[0] if torch.compiler.is_compiling() else F.mish(x)
+
+
+class VelocityField(nn.Module):
+    """v_theta(x, t, s): the flow's velocity in the latent space (Sec. 4.1), an MLP on [s, x, t] with 3
+    hidden Mish layers.
+
+    Its first layer W [s, x, t] + b is kept as two parts, (W_s s + b) + W_xt [x, t]: the state part
+    is computed once per state (embed_obs) and shared by the K candidates and the N Euler steps.
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int = 256):
+        super().__init__()
+        self.act_dim = act_dim
+        self.obs_layer = nn.Linear(obs_dim, hidden_dim)
+        self.xt_layer = nn.Linear(act_dim + 1, hidden_dim, bias=False)
+        bound = 1.0 / math.sqrt(obs_dim + act_dim + 1)  # nn.Linear's init for the whole first layer
+        for param in (self.obs_layer.weight, self.obs_layer.bias, self.xt_layer.weight):
+            nn.init.uniform_(param, -bound, bound)
+        self.layers = nn.ModuleList([nn.Linear(hidden_dim, hidden_dim), nn.Linear(hidden_dim, hidden_dim),
+                                     nn.Linear(hidden_dim, act_dim)])
+
+    def embed_obs(self, obs: torch.Tensor) -> torch.Tensor:
+        """The state's part of the first layer: obs [..., obs_dim] -> [..., hidden_dim]."""
+        return self.obs_layer(obs)
+
+    def forward(self, obs_embedding: torch.Tensor, x: torch.Tensor, t: torch.Tensor, probe: torch.Tensor | None = None):
+        """obs_embedding [..., hidden] (broadcasts), x [..., act_dim], t [..., 1] -> v [..., act_dim].
+
+        With a probe e [..., act_dim], also returns (dv/dx) e, pushed forward through the layers
+        alongside v (forward-mode differentiation). A plain forward graph, so the divergence
+        needs no double backward and torch.compile can compile it.
+        """
+        z = obs_embedding + self.xt_layer(torch.cat([x, t], dim=-1))  # raw t is enough for 10 Euler steps
+        dz = None if probe is None else F.linear(probe, self.xt_layer.weight[:, : self.act_dim])
+        for layer in self.layers:
+            if dz is None:
+                z = layer(mish(z))
+            else:
+                h, slope = mish_with_derivative(z)
+                z, dz = layer(h), F.linear(slope * dz, layer.weight)
+        return z if dz is None else (z, dz)
+
+
+class TwinQ(nn.Module):
+    """Both critics Q1, Q2 as one batched module: weights [2, in, out], one matmul per layer.
+
+    As in the velocity field, the first layer's state part is computed once per state and shared
+    by the K candidate actions of that state.
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int = 256, num_q: int = 2):
+        super().__init__()
+
+        def uniform(fan_in, *shape):  # nn.Linear's default init, per critic
+            bound = 1.0 / math.sqrt(fan_in)
+            return nn.Parameter(torch.empty(num_q, *shape).uniform_(-bound, bound))
+
+        self.obs_weight = uniform(obs_dim + act_dim, obs_dim, hidden_dim)
+        self.action_weight = uniform(obs_dim + act_dim, act_dim, hidden_dim)
+        self.input_bias = uniform(obs_dim + act_dim, 1, hidden_dim)
+        sizes = [hidden_dim, hidden_dim, hidden_dim, 1]
+        self.weights = nn.ParameterList([uniform(i, i, o) for i, o in zip(sizes[:-1], sizes[1:])])
+        self.biases = nn.ParameterList([uniform(i, 1, o) for i, o in zip(sizes[:-1], sizes[1:])])
+
+    def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """obs [B, obs_dim], action [B, act_dim] or [B, K, act_dim] in [-1, 1] -> Q values [2, B] or [2, B, K]."""
+        out_shape = (self.obs_weight.shape[0], *action.shape[:-1])
+        per_state = torch.baddbmm(self.input_bias, obs.expand(out_shape[0], -1, -1), self.obs_weight)  # [2, B, H]
+        per_action = torch.matmul(action.reshape(-1, action.shape[-1]), self.action_weight)  # [2, B * K, H]
+        h = (per_action.unflatten(1, (obs.shape[0], -1)) + per_state.unsqueeze(2)).flatten(1, 2)  # K = 1 for [B, act_dim]
+        for w, b in zip(self.weights, self.biases):
+            h = torch.baddbmm(b, mish(h), w)  # [2, rows, in] @ [2, in, out] + [2, 1, out]
+        return h.reshape(out_shape)
+
+
+@torch.inference_mode()  # no autograd bookkeeping at all: the samples are never differentiated
+def sample_candidates(velocity: VelocityField, obs: torch.Tensor, num_candidates: int, num_steps: int) -> torch.Tensor:
+    """Eq. 10: K latent samples per state by Euler integration of the flow ODE.
+
+    obs [B, obs_dim] -> latents u [B, K, act_dim]. Actions are tanh(u); keep u itself, since
+    atanh(tanh(u)) is inf once tanh saturates in float32.
+    """
+    obs_embedding = velocity.embed_obs(obs).unsqueeze(1)  # [B, 1, hidden], shared by the K candidates
+    x = torch.randn(obs.shape[0], num_candidates, velocity.act_dim, device=obs.device)
+    t = torch.empty(*x.shape[:2], 1, device=obs.device)
+    for k in range(num_steps):
+        x = x + velocity(obs_embedding, x, t.fill_(k / num_steps)) / num_steps
+    return x
+
+
+def score_candidates(critic: TwinQ, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    """Clipped double Q, min(Q1, Q2), of K candidate actions per state: [B, K, act_dim] -> [B, K]."""
+    return critic(obs, actions).min(dim=0).values
+
+
+@torch.no_grad()
+def best_of_k_actions(velocity: VelocityField, critic: TwinQ, obs: torch.Tensor, num_candidates: int, num_steps: int) -> torch.Tensor:
+    """Sec. 4.4: act with the candidate of highest min(Q1, Q2). Returns actions in [-1, 1]."""
+    actions = torch.tanh(sample_candidates(velocity, obs, num_candidates, num_steps))
+    best = score_candidates(critic, obs, actions).argmax(dim=1)
+    return actions[torch.arange(actions.shape[0], device=obs.device), best]
+
+
+def advantage_weights(q: torch.Tensor, beta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 13-14: per-state softmax weights over the K candidates, and their ESS in [1, K].
+
+    q [B, K]. V(s) cancels inside the softmax, so Q stands in for the advantage.
+    """
+    weights = torch.softmax(q / beta, dim=1)
+    ess = 1.0 / weights.pow(2).sum(dim=1)
+    return weights, ess
+
+
+def bellman_target(rewards: torch.Tensor, terminations: torch.Tensor, next_q: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Eq. 20 with the best of K candidates at s': y = r + gamma * (1 - terminated) * max_i Q'(s', a'_i).
+
+    Truncation (a time limit) is not a termination: those transitions bootstrap.
+    """
+    return rewards + gamma * (1.0 - terminations) * next_q.max(dim=1).values
+
+
+def weighted_cfm_loss(v: torch.Tensor, u: torch.Tensor, x0: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Eq. 11: sum_i w_i * ||v_theta(x_t, t, s) - (u_i - x0)||^2, averaged over states."""
+    per_candidate = (v - (u - x0)).pow(2).sum(dim=-1)  # [B, K]
+    return (weights * per_candidate).sum(dim=1).mean()
+
+
+def hutchinson_divergence(jvp: torch.Tensor, probe: torch.Tensor) -> torch.Tensor:
+    """Eq. 15-16: div_x v ~= e^T (dv/dx) e, from a Rademacher probe e and the product (dv/dx) e."""
+    return (probe * jvp).sum(dim=-1)
+
+
+def tanh_corrected_divergence(div_x: torch.Tensor, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Prop. 1 (Eq. 17): divergence of the induced field (1 - tanh(x)^2) v in action space."""
+    return div_x - 2.0 * (torch.tanh(x) * v).sum(dim=-1)
+
+
+def tanh_gaussian_entropy_per_dim() -> float:
+    """H(a_0) per dimension for a_0 = tanh(z), z ~ N(0, 1): H(z) + E[log(1 - tanh(z)^2)] (0.6698 nats)."""
+    z = torch.linspace(-12.0, 12.0, 200_001, dtype=torch.float64)
+    density = torch.exp(-0.5 * z**2) / math.sqrt(2 * math.pi)
+    # log(1 - tanh(z)^2) = 2 * (log 2 - |z| - log(1 + exp(-2|z|))), stable for large |z|
+    log_jacobian = 2.0 * (math.log(2.0) - z.abs() - torch.log1p(torch.exp(-2.0 * z.abs())))
+    return 0.5 * math.log(2 * math.pi * math.e) + torch.trapezoid(density * log_jacobian, z).item()
+
+
+H_A0_PER_DIM = tanh_gaussian_entropy_per_dim()
+
+
+def flow_losses(velocity: VelocityField, obs: torch.Tensor, u: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """WCFM loss (Eq. 11) and the absolute action-space entropy estimate H_hat (Eq. 15-17), from
+    one forward pass on the OT path x_t = (1 - t) x0 + t u_i through the K candidates of each state."""
+    t = torch.rand(*u.shape[:-1], 1, device=u.device)
+    x0 = torch.randn_like(u)
+    x_t = (1.0 - t) * x0 + t * u
+    probe = torch.randint(0, 2, u.shape, device=u.device, dtype=u.dtype) * 2.0 - 1.0
+    v, jvp = velocity(velocity.embed_obs(obs).unsqueeze(1), x_t, t, probe)
+    wcfm = weighted_cfm_loss(v, u, x0, weights)
+    div_a = tanh_corrected_divergence(hutchinson_divergence(jvp, probe), x_t, v)
+    # Unweighted mean: the candidates are samples of the policy whose entropy this is.
+    entropy = u.shape[-1] * H_A0_PER_DIM + div_a.mean()
+    return wcfm, entropy
+
+
+def dual_update(log_param: torch.Tensor, optimizer: torch.optim.Optimizer, measured: torch.Tensor, target) -> torch.Tensor:
+    """One step of dual descent on log(param): it falls while measured > target, rises while below.
+
+    beta: measured = mean ESS (weights too uniform -> sharpen). alpha: measured = entropy
+    (above target -> weaker bonus). Clamped so that exp() stays finite.
+    """
+    loss = log_param * (measured.detach() - target)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    with torch.no_grad():
+        log_param.clamp_(-10.0, 10.0)
+    return loss.detach()
+
+
+def linear_schedule(start: float, end: float, fraction: float) -> float:
+    return start + (end - start) * min(max(fraction, 0.0), 1.0)
+
+
+class ReplayBuffer:
+    """Transitions as tensors on the training device; actions stored in [-1, 1]."""
+
+    def __init__(self, capacity: int, obs_dim: int, act_dim: int, device: torch.device):
+        self.capacity, self.pos, self.size, self.device = capacity, 0, 0, device
+        self.obs = torch.zeros(capacity, obs_dim, device=device)
+        self.next_obs = torch.zeros(capacity, obs_dim, device=device)
+        self.actions = torch.zeros(capacity, act_dim, device=device)
+        self.rewards = torch.zeros(capacity, device=device)
+        self.terminations = torch.zeros(capacity, device=device)
+
+    def add(self, obs, next_obs, actions, rewards, terminations):
+        idx = ((self.pos + torch.arange(len(obs))) % self.capacity).to(self.device)
+        for buf, val in [(self.obs, obs), (self.next_obs, next_obs), (self.actions, actions),
+                         (self.rewards, rewards), (self.terminations, terminations)]:
+            buf[idx] = torch.as_tensor(val, dtype=torch.float32).to(self.device)
+        self.pos = (self.pos + len(obs)) % self.capacity
+        self.size = min(self.size + len(obs), self.capacity)
+
+    def sample(self, batch_size: int):
+        idx = torch.randint(0, self.size, (batch_size,), device=self.device)
+        return self.obs[idx], self.actions[idx], self.rewards[idx], self.next_obs[idx], self.terminations[idx]
+
+
+def finished_episodes(infos: dict) -> list[tuple[int, float, int]]:
+    """(env index, return, length) of each episode that ended on this vector step."""
+    if "final_info" not in infos or "_episode" not in infos["final_info"]:
+        return []
+    episode = infos["final_info"]["episode"]
+    return [(int(i), float(episode["r"][i]), int(episode["l"][i])) for i in np.flatnonzero(infos["final_info"]["_episode"])]
+
+
+def true_next_obs(next_obs: np.ndarray, infos: dict) -> np.ndarray:
+    """With SAME_STEP autoreset, next_obs of an env whose episode just ended is already the reset
+    observation; the true last one is infos["final_obs"]."""
+    real_next_obs = next_obs.copy()
+    if "final_obs" in infos:
+        for i in np.flatnonzero(infos["_final_obs"]):
+            real_next_obs[i] = infos["final_obs"][i]
+    return real_next_obs
+
+
+def add_vector_step(rb: ReplayBuffer, obs, actions, next_obs, rewards, terminations, infos) -> None:
+    """Store one vector step with its true next observations. Only termination stops the
+    bootstrap; a truncated (time-limit) transition is stored as non-terminal."""
+    rb.add(obs, true_next_obs(next_obs, infos), actions, rewards, terminations)
+
+
+def update_critic(batch, actor, critic, target_critic, critic_optimizer, gamma, tau, num_candidates, num_steps):
+    """Eq. 19-20: regress both critics on the best-of-K target; a'* is chosen and valued by
+    min(Q1', Q2') of the target critics (ours). Then the Polyak step of the target critics."""
+    obs, actions, rewards, next_obs, terminations = batch
+    with torch.no_grad():
+        next_actions = torch.tanh(sample_candidates(actor, next_obs, num_candidates, num_steps))
+        next_q = score_candidates(target_critic, next_obs, next_actions)
+        target = bellman_target(rewards, terminations, next_q, gamma)
+    q = critic(obs, actions)  # [2, B]
+    qf_loss = (q - target).pow(2).mean(dim=1).sum()  # Eq. 19, summed over the twins
+    critic_optimizer.zero_grad()
+    qf_loss.backward()
+    critic_optimizer.step()
+    with torch.no_grad():
+        torch._foreach_lerp_(list(target_critic.parameters()), list(critic.parameters()), tau)
+    return {"losses/qf_loss": qf_loss.detach(), "losses/qf_values": q.detach().mean()}
+
+
+def update_actor(obs, actor, critic, actor_optimizer, log_alpha, alpha_optimizer, log_beta, beta_optimizer,
+                 num_candidates, num_steps, ess_target, target_entropy):
+    """Eq. 8: minimise L_WCFM + alpha * L_H over fresh candidates, then one dual step on alpha (toward
+    the target entropy). App. D.3 ablation: beta stays fixed (--beta), with no step toward the target ESS."""
+    with torch.no_grad():
+        u = sample_candidates(actor, obs, num_candidates, num_steps)
+        q = score_candidates(critic, obs, torch.tanh(u))
+        weights, ess = advantage_weights(q, log_beta.exp())
+    wcfm, entropy = flow_losses(actor, obs, u, weights)
+    entropy_loss = -entropy  # Eq. 18
+    actor_loss = wcfm + log_alpha.exp().detach() * entropy_loss
+    actor_optimizer.zero_grad()
+    actor_loss.backward()
+    actor_optimizer.step()
+    alpha_loss = dual_update(log_alpha, alpha_optimizer, entropy, target_entropy)
+    return {
+        "losses/wcfm_loss": wcfm.detach(), "losses/entropy_loss": entropy_loss.detach(),
+        "losses/actor_loss": actor_loss.detach(), "losses/alpha": log_alpha.detach().exp(),
+        "losses/alpha_loss": alpha_loss, "losses/beta": log_beta.detach().exp(),
+        "charts/ess": ess.mean(), "charts/entropy": entropy.detach(),
+    }
+
+
+def evaluate(actor, critic, envs, action_scale, action_bias, num_candidates, num_steps, device):
+    """One episode per env of `envs` with the best-of-K rule; returns (returns, lengths, completed),
+    completed [episodes, tasks] holding the 0/1 subtasks each episode finished."""
+    obs, _ = envs.reset()
+    returns, lengths, completed = [None] * envs.num_envs, [None] * envs.num_envs, [None] * envs.num_envs
+    while any(r is None for r in returns):
+        obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device)
+        actions = best_of_k_actions(actor, critic, obs_t, num_candidates, num_steps).cpu().numpy()
+        obs, _, _, _, infos = envs.step(actions * action_scale + action_bias)
+        for i, episode_return, episode_length in finished_episodes(infos):
+            if returns[i] is None:
+                returns[i], lengths[i] = episode_return, episode_length
+                completed[i] = infos["final_info"]["completed"][i]
+    return np.array(returns), np.array(lengths), np.array(completed)
+
+
+def describe_successes(tasks: list[str], completed: np.ndarray) -> str:
+    """Per-subtask success counts over the eval episodes, e.g. "light switch 7/10, slide cabinet 2/10"."""
+    return ", ".join(f"{task} {int(n)}/{len(completed)}" for task, n in zip(tasks, completed.sum(axis=0)))
+
+
+def save_checkpoint(path, actor, critic, log_alpha, log_beta, args) -> bool:
+    """Write atomically (a crash mid-write keeps the old file); refuse non-finite weights."""
+    tensors = [*actor.parameters(), *critic.parameters(), log_alpha, log_beta]
+    if not all(torch.isfinite(p).all() for p in tensors):
+        print(f"not saving {path}: the weights are not finite; the last good checkpoint is kept", file=sys.stderr)
+        return False
+    state = {"actor": actor.state_dict(), "critic": critic.state_dict(), "log_alpha": log_alpha.detach(),
+             "log_beta": log_beta.detach(), "args": vars(args)}
+    torch.save(state, path + ".tmp")
+    os.replace(path + ".tmp", path)
+    return True
+
+
+def load_checkpoint(path: str, device: torch.device) -> dict:
+    if not os.path.isfile(path):
+        sys.exit(f"error: checkpoint not found: {path}")
+    try:
+        checkpoint = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # a truncated or foreign file
+        sys.exit(f"error: cannot read checkpoint {path} ({type(e).__name__})")
+    if not isinstance(checkpoint, dict) or not {"actor", "critic", "args"} <= set(checkpoint):
+        sys.exit(f"error: {path} is not a checkpoint saved by --save-model")
+    return checkpoint
+
+
+def resolve_tasks(num_tasks: int, tasks: list[str] | None) -> list[str]:
+    """The run's subtasks: --tasks if given (names checked; "_" may stand for a space), else the paper's set."""
+    if tasks is None:
+        return TASK_SETS[num_tasks]
+    tasks = [task.replace("_", " ") for task in tasks]
+    for task in tasks:
+        if task not in TASK_SETS[7]:
+            sys.exit(f"error: unknown FrankaKitchen task {task!r}; the tasks are: {', '.join(TASK_SETS[7])}")
+    if not tasks or len(set(tasks)) != len(tasks):
+        sys.exit(f"error: --tasks needs distinct task names, got {tasks}")
+    return tasks
+
+
+def env_label(tasks: list[str]) -> str:
+    """The env part of the run name: FrankaKitchen-v1-N{N} for a paper task set (in any order), else the
+    task names, so that benchmark/summarize.py never groups a custom set with the paper's."""
+    for n, paper_tasks in TASK_SETS.items():
+        if set(tasks) == set(paper_tasks):
+            return f"FrankaKitchen-v1-N{n}"
+    return "FrankaKitchen-v1-" + "+".join(task.replace(" ", "_") for task in tasks)
+
+
+def check_env(tasks: list[str]) -> tuple[gym.spaces.Box, gym.spaces.Box]:
+    """Build the env once, exiting with one line if it cannot start; returns its action and observation spaces."""
+    try:
+        env = make_env(tasks, 0)()
+    except AssertionError:  # gymnasium-robotics 1.4.2 asserts in get_joint_qpos with mujoco >= 3.12
+        if tuple(int(part) for part in mujoco.__version__.split(".")[:2]) < (3, 12):
+            raise  # another failure: show it whole
+        sys.exit(f"error: FrankaKitchen-v1 fails with mujoco {mujoco.__version__}; it needs mujoco==3.11.0 "
+                 f"with gymnasium-robotics 1.4.2 (see requirements.txt)")
+    action_space, observation_space = env.action_space, env.observation_space
+    env.close()
+    return action_space, observation_space
+
+
+def check_args(args: Args) -> None:
+    """Fill in the default ESS target (it depends on K); exit with one line on flags that cannot work together."""
+    for name in ("total_timesteps", "num_envs", "buffer_size", "batch_size", "updates_per_step", "policy_frequency",
+                 "hidden_dim", "num_candidates", "ode_steps", "eval_frequency", "eval_episodes", "log_frequency"):
+        if getattr(args, name) < 1:
+            sys.exit(f"error: --{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.ess_target is None:  # K / 2 (ours): a fixed 4 would force uniform weights at K = 4 (ESS <= K)
+        args.ess_target = max(1.0, args.num_candidates / 2)
+    if not 1.0 <= args.ess_target <= args.num_candidates:
+        sys.exit(f"error: --ess-target must lie in [1, --num-candidates={args.num_candidates}]")
+    if not (args.alpha_init > 0.0 and args.beta_init > 0.0):
+        sys.exit(f"error: --alpha-init and --beta-init must be positive, got {args.alpha_init} and {args.beta_init}")
+    if not args.beta > 0.0:
+        sys.exit(f"error: --beta must be positive, got {args.beta}")
+    if args.checkpoint is not None and not args.eval_only:
+        sys.exit("error: --checkpoint is only read with --eval-only")
+    if args.eval_only and args.checkpoint is None:
+        sys.exit("error: --eval-only needs --checkpoint PATH")
+
+
+class CudaGraphFunction:
+    """fn(*tensors) replayed as one CUDA graph (ours, LeanRL's approach): no Python and no kernel
+    launches per call. The first `warmup` calls run fn eagerly on a side stream; the next one
+    captures it. From then on a call copies its inputs into the captured input tensors, replays,
+    and returns the captured outputs, which the following call overwrites. fn must keep its
+    shapes and must not sync with the host; every call is one real call of fn.
+    """
+
+    def __init__(self, fn, warmup: int = 3):
+        self.fn, self.warmup, self.graph = fn, warmup, None
+
+    def __call__(self, *inputs):
+        if self.warmup > 0:
+            self.warmup -= 1
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                outputs = self.fn(*inputs)
+            torch.cuda.current_stream().wait_stream(stream)
+            return outputs
+        if self.graph is None:
+            self.inputs = [x.clone() for x in inputs]
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.outputs = self.fn(*self.inputs)
+        for static, new in zip(self.inputs, inputs):
+            static.copy_(new)
+        self.graph.replay()
+        return self.outputs
+
+
+def fast_path(fn, compile: bool, cudagraphs: bool):
+    """fn as --compile and --cudagraphs run it."""
+    if compile:
+        fn = torch.compile(fn)
+    if cudagraphs:
+        fn = CudaGraphFunction(fn)
+    return fn
+
+
+def raise_keyboard_interrupt(signum, frame):
+    raise KeyboardInterrupt  # so that SIGTERM (Slurm's time limit, `kill`) saves like Ctrl-C
+
+
+if __name__ == "__main__":
+    args = tyro.cli(Args)
+    check_args(args)
+
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    if args.cuda and device.type == "cpu":
+        print("CUDA is not available: running on CPU")
+    if args.cudagraphs and device.type != "cuda":
+        sys.exit("error: --cudagraphs needs a CUDA device (try --compile alone)")
+
+    checkpoint = load_checkpoint(args.checkpoint, device) if args.eval_only else None
+    if checkpoint is not None:  # the network and tasks must match what was saved
+        if checkpoint["args"].get("tasks") is None:
+            sys.exit(f"error: {args.checkpoint} was not saved by fmer_kitchen.py")
+        for name in ("tasks", "hidden_dim", "num_candidates", "ode_steps"):
+            setattr(args, name, checkpoint["args"][name])
+    args.tasks = resolve_tasks(args.num_tasks, args.tasks)  # saved in the checkpoint as the explicit list
+    num_tasks = len(args.tasks)
+    action_space, observation_space = check_env(args.tasks)
+    obs_dim, act_dim = observation_space.shape[0], action_space.shape[0]
+    action_scale = (action_space.high - action_space.low) / 2.0
+    action_bias = (action_space.high + action_space.low) / 2.0
+
+    actor = VelocityField(obs_dim, act_dim, args.hidden_dim).to(device)
+    critic = TwinQ(obs_dim, act_dim, args.hidden_dim).to(device)
+    log_alpha = torch.tensor(math.log(args.alpha_init), device=device, requires_grad=True)
+    log_beta = torch.tensor(math.log(args.beta), device=device, requires_grad=True)  # --beta-init and --beta-lr unused
+    eval_envs = make_vector_env(args.tasks, args.eval_episodes, args.seed + 10_000)
+    eval_envs.reset(seed=args.seed + 10_000)  # seeds the eval envs' RNGs once; evaluate() continues them
+
+    if checkpoint is not None:
+        try:
+            actor.load_state_dict(checkpoint["actor"])
+            critic.load_state_dict(checkpoint["critic"])
+        except RuntimeError as e:
+            sys.exit(f"error: {args.checkpoint} does not fit FrankaKitchen-v1: {str(e).splitlines()[0]}")
+        returns, lengths, completed = evaluate(actor, critic, eval_envs, action_scale, action_bias,
+                                               args.num_candidates, args.ode_steps, device)
+        print(f"{args.checkpoint} on {args.tasks}: completion rate {100 * completed.mean():.1f}% "
+              f"({describe_successes(args.tasks, completed)}) over {len(returns)} episodes")
+        sys.exit(0)
+
+    run_name = f"{env_label(args.tasks)}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    writer = SummaryWriter(f"runs/{run_name}")
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+    model_path = f"runs/{run_name}/{args.exp_name}.fmer_model"
+
+    target_critic = TwinQ(obs_dim, act_dim, args.hidden_dim).to(device)
+    target_critic.load_state_dict(critic.state_dict())
+    # Learning rate and target entropy are device tensors, changed in place: a compiled or captured
+    # update reads their current value instead of baking in a constant.
+    capturable = device.type == "cuda"  # Adam's step count on the device, as CUDA graphs need
+    actor_optimizer = torch.optim.Adam(actor.parameters(), lr=torch.tensor(args.actor_lr, device=device),
+                                       capturable=capturable)
+    critic_optimizer = torch.optim.Adam(critic.parameters(), lr=args.critic_lr, capturable=capturable)
+    alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.alpha_lr, capturable=capturable)
+    beta_optimizer = torch.optim.Adam([log_beta], lr=args.beta_lr, capturable=capturable)
+    target_entropy = torch.tensor(act_dim * args.target_entropy_start, device=device)
+
+    def critic_step(*batch):
+        return update_critic(batch, actor, critic, target_critic, critic_optimizer, args.gamma, args.tau,
+                             args.num_candidates, args.ode_steps)
+
+    def actor_step(obs, target_entropy):
+        return update_actor(obs, actor, critic, actor_optimizer, log_alpha, alpha_optimizer, log_beta, beta_optimizer,
+                            args.num_candidates, args.ode_steps, args.ess_target, target_entropy)
+
+    def act(obs):
+        return best_of_k_actions(actor, critic, obs, args.num_candidates, args.ode_steps)
+
+    critic_step, actor_step, act = (fast_path(fn, args.compile, args.cudagraphs) for fn in (critic_step, actor_step, act))
+
+    rb = ReplayBuffer(min(args.buffer_size, args.total_timesteps), obs_dim, act_dim, device)
+    envs = make_vector_env(args.tasks, args.num_envs, args.seed)
+    rng = np.random.default_rng(args.seed)
+
+    # A "step" is one env transition: a vector step adds num_envs of them and is followed by
+    # num_envs * updates_per_step critic updates, so the update-to-data ratio does not depend
+    # on num_envs.
+    obs, _ = envs.reset(seed=args.seed)
+    signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
+    global_step, num_updates, last_return, last_saved_step = 0, 0, float("nan"), None
+    metrics, next_log, next_eval = {}, args.log_frequency, args.eval_frequency
+    start_time = last_print = window_time = time.time()
+    window_step = 0
+    try:
+        while global_step < args.total_timesteps:
+            if global_step < args.learning_starts:
+                actions = rng.uniform(-1.0, 1.0, size=(args.num_envs, act_dim)).astype(np.float32)
+            else:
+                obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device)
+                actions = act(obs_t).cpu().numpy()
+            next_obs, rewards, terminations, truncations, infos = envs.step(actions * action_scale + action_bias)
+            global_step += args.num_envs
+
+            for i, last_return, episode_length in finished_episodes(infos):
+                tasks_completed = infos["final_info"]["completed"][i].sum()
+                writer.add_scalar("charts/episodic_return", last_return, global_step)
+                writer.add_scalar("charts/episodic_length", episode_length, global_step)
+                writer.add_scalar("charts/tasks_completed", tasks_completed, global_step)
+                writer.add_scalar("charts/completion_rate", tasks_completed / num_tasks, global_step)
+            add_vector_step(rb, obs, actions, next_obs, rewards, terminations, infos)
+            obs = next_obs
+
+            if global_step >= args.learning_starts:
+                fraction = global_step / args.total_timesteps
+                actor_optimizer.param_groups[0]["lr"].fill_(linear_schedule(args.actor_lr, args.actor_lr_end, fraction))
+                target_entropy.fill_(act_dim * linear_schedule(args.target_entropy_start, args.target_entropy_end, fraction))
+                for _ in range(args.num_envs * args.updates_per_step):
+                    metrics.update(critic_step(*rb.sample(args.batch_size)))
+                    num_updates += 1
+                    if num_updates % args.policy_frequency == 0:
+                        for _ in range(args.policy_frequency):
+                            metrics.update(actor_step(rb.sample(args.batch_size)[0], target_entropy))
+
+            if global_step >= next_log:
+                next_log += args.log_frequency
+                now = time.time()
+                sps = (global_step - window_step) / max(now - window_time, 1e-9)
+                window_step, window_time = global_step, now
+                writer.add_scalar("charts/SPS", sps, global_step)
+                if metrics:
+                    values = torch.stack(list(metrics.values())).tolist()  # the one host sync per log
+                    for name, value in zip(metrics, values):
+                        if not math.isfinite(value):
+                            kept = f" (checkpoint of step {last_saved_step} kept)" if last_saved_step is not None else ""
+                            sys.exit(f"error: {name.split('/')[1]} is {value} at step {global_step}; stopping{kept}")
+                        writer.add_scalar(name, value, global_step)
+                    writer.add_scalar("charts/target_entropy", target_entropy, global_step)
+                    writer.add_scalar("charts/learning_rate", actor_optimizer.param_groups[0]["lr"], global_step)
+                if now - last_print >= args.progress_seconds:
+                    last_print = now
+                    eta = (args.total_timesteps - global_step) / max(sps, 1e-9)
+                    print(f"step {global_step}/{args.total_timesteps}  SPS {sps:.1f}  ETA {eta / 60:.1f} min  "
+                          f"last return {last_return:.1f}", flush=True)
+
+            if global_step >= next_eval or global_step >= args.total_timesteps:
+                next_eval += args.eval_frequency
+                returns, lengths, completed = evaluate(actor, critic, eval_envs, action_scale, action_bias,
+                                                       args.num_candidates, args.ode_steps, device)
+                writer.add_scalar("eval/episodic_return", returns.mean(), global_step)
+                writer.add_scalar("eval/episodic_length", lengths.mean(), global_step)
+                writer.add_scalar("eval/tasks_completed", completed.sum(axis=1).mean(), global_step)
+                writer.add_scalar("eval/completion_rate", completed.mean(), global_step)
+                for task, successes in zip(args.tasks, completed.sum(axis=0)):
+                    writer.add_scalar(f"eval/successes/{task.replace(' ', '_')}", successes, global_step)
+                print(f"step {global_step}: eval completion rate {100 * completed.mean():.1f}% "
+                      f"({describe_successes(args.tasks, completed)})", flush=True)
+                if args.save_model and save_checkpoint(model_path, actor, critic, log_alpha, log_beta, args):
+                    last_saved_step = global_step
+    except KeyboardInterrupt:
+        if args.save_model and save_checkpoint(model_path, actor, critic, log_alpha, log_beta, args):
+            print(f"interrupted at step {global_step}; model saved to {model_path}", file=sys.stderr)
+        sys.exit(130)
+    except Exception:
+        if args.save_model and save_checkpoint(model_path, actor, critic, log_alpha, log_beta, args):
+            print(f"crashed at step {global_step}; model saved to {model_path}", file=sys.stderr)
+        raise
+    finally:
+        envs.close()
+        eval_envs.close()
+        writer.close()
+
+    if args.save_model and last_saved_step is not None:
+        print(f"model of step {last_saved_step} saved to {model_path}")
+    print(f"done: {global_step} steps in {(time.time() - start_time) / 60:.1f} min")
