@@ -1,5 +1,6 @@
 # FMER ablation, paper App. D.3 / Table 12 (FrankaKitchen): constant beta (--beta) instead of beta tuned to the ESS.
 # A diff-style copy of fmer_kitchen.py: `diff fmer_kitchen.py ablations/fmer_kitchen_fixed_beta.py` shows the change.
+import copy
 import contextlib
 import io
 import math
@@ -25,9 +26,12 @@ with contextlib.redirect_stderr(io.StringIO()):  # its import prints a notice ab
 gym.register_envs(gymnasium_robotics)
 
 
+SCRIPT = os.path.basename(__file__)
+
+
 @dataclass
 class Args:
-    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    exp_name: str = SCRIPT[: -len(".py")]
     """the name of this experiment"""
     seed: int = 1
     """seed of the experiment"""
@@ -41,6 +45,12 @@ class Args:
     """replay the update and act functions as CUDA graphs (ours, as LeanRL; CUDA only; add --compile for full speed)"""
     save_model: bool = False
     """save a checkpoint at every evaluation, at the end, and on Ctrl-C or a crash"""
+    run_name: str | None = None
+    """the run's folder under runs/ (default {env_id}__{exp_name}__{seed}__{unix time}); a fixed name lets --resume auto find it"""
+    resume: str | None = None
+    """continue a run exactly: its folder or state file, or `auto` with --run-name (resume runs/NAME if it holds a state, else start it)"""
+    checkpoint_frequency: int = 100_000
+    """write the full training state to runs/NAME/state.pt every this many env steps, at the end, and on SIGTERM, SIGUSR1 and Ctrl-C"""
     checkpoint: str | None = None
     """path of a checkpoint saved with --save-model (used with --eval-only)"""
     eval_only: bool = False
@@ -142,6 +152,29 @@ class KitchenObservation(gym.Wrapper):
         return obs["observation"], reward, terminated, truncated, {"completed": completed}
 
 
+class RememberResetRNG(gym.Wrapper):
+    """Keeps the env's RNG state from just before its latest reset, or None once the episode has
+    taken a step. A run saved at an episode boundary stores it, and the resumed run redoes that
+    reset exactly. The physics state of an episode cut midway is not saved: its env stores its
+    current RNG state, and the resumed run starts a new episode there (no transition spans the cut)."""
+
+    def rng(self) -> np.random.Generator:
+        return self.unwrapped.robot_env.np_random  # the kitchen draws its reset and observation noise from it
+
+    def reset(self, **kwargs):
+        self.rng_state = copy.deepcopy(self.rng().bit_generator.state)
+        return super().reset(**kwargs)
+
+    def step(self, action):
+        self.rng_state = None
+        return super().step(action)
+
+
+def env_rng_states(envs: gym.vector.SyncVectorEnv) -> list[dict]:
+    """What each env's RNG must be set to before envs.reset() to continue the run (see RememberResetRNG)."""
+    return [env.rng_state or env.rng().bit_generator.state for env in envs.envs]
+
+
 def make_env(tasks: list[str], seed: int):
     def thunk():
         # Reward: the number of subtasks first completed on this step; terminated once all are done.
@@ -150,6 +183,7 @@ def make_env(tasks: list[str], seed: int):
                        disable_env_checker=True)
         env = KitchenObservation(env, tasks)
         env = gym.wrappers.RecordEpisodeStatistics(env)
+        env = RememberResetRNG(env)
         env.action_space.seed(seed)
         return env
 
@@ -368,6 +402,8 @@ def linear_schedule(start: float, end: float, fraction: float) -> float:
 class ReplayBuffer:
     """Transitions as tensors on the training device; actions stored in [-1, 1]."""
 
+    FIELDS = ("obs", "next_obs", "actions", "rewards", "terminations")
+
     def __init__(self, capacity: int, obs_dim: int, act_dim: int, device: torch.device):
         self.capacity, self.pos, self.size, self.device = capacity, 0, 0, device
         self.obs = torch.zeros(capacity, obs_dim, device=device)
@@ -387,6 +423,17 @@ class ReplayBuffer:
     def sample(self, batch_size: int):
         idx = torch.randint(0, self.size, (batch_size,), device=self.device)
         return self.obs[idx], self.actions[idx], self.rewards[idx], self.next_obs[idx], self.terminations[idx]
+
+    def state_dict(self) -> dict:
+        """The filled part only."""
+        return {"pos": self.pos, "size": self.size,
+                **{name: getattr(self, name)[: self.size].to("cpu", copy=True) for name in self.FIELDS}}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name in self.FIELDS:
+            getattr(self, name)[: state["size"]] = state[name]
+        self.size = state["size"]  # a raised --total-timesteps can enlarge an unwrapped buffer: append after it
+        self.pos = state["pos"] if self.size == self.capacity else self.size
 
 
 def finished_episodes(infos: dict) -> list[tuple[int, float, int]]:
@@ -475,29 +522,51 @@ def describe_successes(tasks: list[str], completed: np.ndarray) -> str:
     return ", ".join(f"{task} {int(n)}/{len(completed)}" for task, n in zip(tasks, completed.sum(axis=0)))
 
 
-def save_checkpoint(path, actor, critic, log_alpha, log_beta, args) -> bool:
-    """Write atomically (a crash mid-write keeps the old file); refuse non-finite weights."""
-    tensors = [*actor.parameters(), *critic.parameters(), log_alpha, log_beta]
-    if not all(torch.isfinite(p).all() for p in tensors):
-        print(f"not saving {path}: the weights are not finite; the last good checkpoint is kept", file=sys.stderr)
+def save_atomically(state: dict, path: str) -> bool:
+    """torch.save to a temporary file, then rename: a crash or SIGKILL mid-write keeps the previous
+    file. A state with non-finite weights is never written."""
+    tensors = [*state["actor"].values(), *state["critic"].values(), state["log_alpha"], state["log_beta"]]
+    if not all(torch.isfinite(t).all() for t in tensors):
+        print(f"not saving {path}: the weights are not finite; the last good file is kept", file=sys.stderr)
         return False
-    state = {"actor": actor.state_dict(), "critic": critic.state_dict(), "log_alpha": log_alpha.detach(),
-             "log_beta": log_beta.detach(), "args": vars(args)}
     torch.save(state, path + ".tmp")
     os.replace(path + ".tmp", path)
     return True
 
 
-def load_checkpoint(path: str, device: torch.device) -> dict:
+def save_checkpoint(path, actor, critic, log_alpha, log_beta, args) -> bool:
+    """The small model file of --save-model, for evaluation and sharing."""
+    return save_atomically({"actor": actor.state_dict(), "critic": critic.state_dict(), "log_alpha": log_alpha.detach(),
+                            "log_beta": log_beta.detach(), "args": vars(args)}, path)
+
+
+def load_file(path: str, what: str, keys: set) -> dict:
+    """torch.load to the CPU that exits with one line on a missing, truncated or foreign file."""
     if not os.path.isfile(path):
-        sys.exit(f"error: checkpoint not found: {path}")
+        sys.exit(f"error: {what} not found: {path}")
     try:
-        checkpoint = torch.load(path, map_location=device, weights_only=True)
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated or foreign file
-        sys.exit(f"error: cannot read checkpoint {path} ({type(e).__name__})")
-    if not isinstance(checkpoint, dict) or not {"actor", "critic", "args"} <= set(checkpoint):
-        sys.exit(f"error: {path} is not a checkpoint saved by --save-model")
-    return checkpoint
+        sys.exit(f"error: cannot read {what} {path} ({type(e).__name__})")
+    if not isinstance(loaded, dict) or not keys <= set(loaded):
+        sys.exit(f"error: {path} is not a {what} of {SCRIPT}")
+    if loaded.get("script", SCRIPT) != SCRIPT:
+        sys.exit(f"error: {path} is a {what} of {loaded['script']}, not of {SCRIPT}")
+    return loaded
+
+
+def resumed_args(args: Args, saved: dict) -> Args:
+    """The saved run's args. A flag given now that differs from both its default and the saved value
+    is an error, except those that do not change the run; --total-timesteps may only rise."""
+    defaults, free = Args(), ("resume", "cuda", "compile", "cudagraphs", "progress_seconds", "total_timesteps")
+    for name, value in vars(args).items():
+        if name not in free and value != getattr(defaults, name) and value != saved[name]:
+            sys.exit(f"error: --{name.replace('_', '-')} {value} conflicts with the resumed run's {saved[name]}")
+    if args.total_timesteps != defaults.total_timesteps and args.total_timesteps < saved["total_timesteps"]:
+        sys.exit(f"error: --total-timesteps can only rise on resume (the run has {saved['total_timesteps']})")
+    total = args.total_timesteps if args.total_timesteps != defaults.total_timesteps else saved["total_timesteps"]
+    kept = {name: getattr(args, name) for name in free}
+    return Args(**{**saved, **kept, "total_timesteps": total})
 
 
 def resolve_tasks(num_tasks: int, tasks: list[str] | None) -> list[str]:
@@ -539,7 +608,8 @@ def check_env(tasks: list[str]) -> tuple[gym.spaces.Box, gym.spaces.Box]:
 def check_args(args: Args) -> None:
     """Fill in the default ESS target (it depends on K); exit with one line on flags that cannot work together."""
     for name in ("total_timesteps", "num_envs", "buffer_size", "batch_size", "updates_per_step", "policy_frequency",
-                 "hidden_dim", "num_candidates", "ode_steps", "eval_frequency", "eval_episodes", "log_frequency"):
+                 "hidden_dim", "num_candidates", "ode_steps", "eval_frequency", "eval_episodes", "log_frequency",
+                 "checkpoint_frequency"):
         if getattr(args, name) < 1:
             sys.exit(f"error: --{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if args.ess_target is None:  # K / 2 (ours): a fixed 4 would force uniform weights at K = 4 (ESS <= K)
@@ -596,25 +666,30 @@ def fast_path(fn, compile: bool, cudagraphs: bool):
     return fn
 
 
-def raise_keyboard_interrupt(signum, frame):
-    raise KeyboardInterrupt  # so that SIGTERM (Slurm's time limit, `kill`) saves like Ctrl-C
-
-
 if __name__ == "__main__":
     args = tyro.cli(Args)
     check_args(args)
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    if args.resume == "auto":  # a requeued job: continue runs/NAME if it was saved, else start it
+        if args.run_name is None:
+            sys.exit("error: --resume auto needs --run-name NAME")
+        args.resume = f"runs/{args.run_name}" if os.path.isfile(f"runs/{args.run_name}/state.pt") else None
+    state, state_path = None, None
+    if args.resume is not None:
+        state_path = os.path.join(args.resume, "state.pt") if os.path.isdir(args.resume) else args.resume
+        state = load_file(state_path, "training state", {"script", "args", "counters"})
+        args = resumed_args(args, state["args"])
 
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
     if args.cuda and device.type == "cpu":
         print("CUDA is not available: running on CPU")
     if args.cudagraphs and device.type != "cuda":
         sys.exit("error: --cudagraphs needs a CUDA device (try --compile alone)")
 
-    checkpoint = load_checkpoint(args.checkpoint, device) if args.eval_only else None
+    checkpoint = load_file(args.checkpoint, "checkpoint", {"actor", "critic", "args"}) if args.eval_only else None
     if checkpoint is not None:  # the network and tasks must match what was saved
         if checkpoint["args"].get("tasks") is None:
             sys.exit(f"error: {args.checkpoint} was not saved by fmer_kitchen.py")
@@ -646,10 +721,16 @@ if __name__ == "__main__":
               f"({describe_successes(args.tasks, completed)}) over {len(returns)} episodes")
         sys.exit(0)
 
-    run_name = f"{env_label(args.tasks)}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    writer = SummaryWriter(f"runs/{run_name}")
-    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
-    model_path = f"runs/{run_name}/{args.exp_name}.fmer_model"
+    args.run_name = args.run_name or f"{env_label(args.tasks)}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_dir = os.path.dirname(state_path) if state else f"runs/{args.run_name}"
+    if state is None and os.path.exists(f"{run_dir}/state.pt"):
+        sys.exit(f"error: {run_dir} already holds a run: continue it with --resume {run_dir}, or choose another --run-name")
+    # A resumed run appends to the same log; TensorBoard drops what the stopped run logged after its save
+    # (all of it, for a run stopped before its first save). The table is rewritten: --total-timesteps may rise.
+    writer = SummaryWriter(run_dir, purge_step=state["counters"][0] + 1 if state else 0)
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()),
+                    state["counters"][0] if state else 0)
+    model_path, state_path = f"{run_dir}/{args.exp_name}.fmer_model", f"{run_dir}/state.pt"
 
     target_critic = TwinQ(obs_dim, act_dim, args.hidden_dim).to(device)
     target_critic.load_state_dict(critic.state_dict())
@@ -684,11 +765,48 @@ if __name__ == "__main__":
     # num_envs * updates_per_step critic updates, so the update-to-data ratio does not depend
     # on num_envs.
     obs, _ = envs.reset(seed=args.seed)
-    signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
     global_step, num_updates, last_return, last_saved_step = 0, 0, float("nan"), None
-    metrics, next_log, next_eval = {}, args.log_frequency, args.eval_frequency
+    metrics, next_log, next_eval, next_checkpoint = {}, args.log_frequency, args.eval_frequency, args.checkpoint_frequency
+    optimizers = (actor_optimizer, critic_optimizer, alpha_optimizer, beta_optimizer)
+
+    def training_state() -> dict:
+        """Everything the run needs to continue exactly, as one dict of state_dicts and tensors."""
+        return {"script": SCRIPT, "args": vars(args), "actor": actor.state_dict(), "critic": critic.state_dict(),
+                "target_critic": target_critic.state_dict(), "log_alpha": log_alpha.detach(), "log_beta": log_beta.detach(),
+                "optimizers": [opt.state_dict() for opt in optimizers], "replay_buffer": rb.state_dict(),
+                "metrics": metrics, "obs": torch.as_tensor(obs),
+                "rng": {"python": random.getstate(), "numpy": rng.bit_generator.state, "torch": torch.get_rng_state(),
+                        "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []},
+                "env_rngs": env_rng_states(envs), "eval_env_rngs": [e.rng().bit_generator.state for e in eval_envs.envs],
+                "counters": (global_step, num_updates, next_log, next_eval, next_checkpoint, last_return, last_saved_step)}
+
+    if state is not None:  # continue where the saved run stopped
+        for module, name in ((actor, "actor"), (critic, "critic"), (target_critic, "target_critic")):
+            module.load_state_dict(state[name])
+        for opt, opt_state in zip(optimizers, state["optimizers"]):
+            opt.load_state_dict(opt_state)
+        with torch.no_grad():
+            log_alpha.copy_(state["log_alpha"]), log_beta.copy_(state["log_beta"])
+        rb.load_state_dict(state["replay_buffer"])
+        metrics = {name: value.to(device) for name, value in state["metrics"].items()}
+        random.setstate(state["rng"]["python"])
+        rng.bit_generator.state = state["rng"]["numpy"]
+        torch.set_rng_state(state["rng"]["torch"])
+        if device.type == "cuda" and state["rng"]["cuda"]:
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        for env, env_rng in zip([*envs.envs, *eval_envs.envs], state["env_rngs"] + state["eval_env_rngs"]):
+            env.rng().bit_generator.state = env_rng
+        obs, _ = envs.reset()  # at an episode boundary, the very reset the saved run did
+        global_step, num_updates, next_log, next_eval, next_checkpoint, last_return, last_saved_step = state["counters"]
+        print(f"resuming {run_dir} at step {global_step}", flush=True)
+    print(f"{run_dir}: {args.total_timesteps} steps on {device}; steps up to {args.learning_starts} take uniform random "
+          f"actions (warm-up), then learning starts. Progress every {args.progress_seconds:g} s; "
+          "watch with `tensorboard --logdir runs`", flush=True)
+    stop_signal = []  # SIGTERM, SIGUSR1 (Slurm's preemption and time-limit warning), Ctrl-C: save, then exit
+    for signum in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
+        signal.signal(signum, lambda signum, frame: stop_signal.append(signum))
     start_time = last_print = window_time = time.time()
-    window_step = 0
+    window_step, first_update = global_step, max(global_step, args.learning_starts)  # compilation follows first_update
     try:
         while global_step < args.total_timesteps:
             if global_step < args.learning_starts:
@@ -723,8 +841,10 @@ if __name__ == "__main__":
                 next_log += args.log_frequency
                 now = time.time()
                 sps = (global_step - window_step) / max(now - window_time, 1e-9)
+                burn_in = window_step < first_update + 4 * args.num_envs and global_step > first_update
+                if not burn_in:  # a window over compilation and CUDA graph capture would understate SPS
+                    writer.add_scalar("charts/SPS", sps, global_step)
                 window_step, window_time = global_step, now
-                writer.add_scalar("charts/SPS", sps, global_step)
                 if metrics:
                     values = torch.stack(list(metrics.values())).tolist()  # the one host sync per log
                     for name, value in zip(metrics, values):
@@ -737,11 +857,12 @@ if __name__ == "__main__":
                 if now - last_print >= args.progress_seconds:
                     last_print = now
                     eta = (args.total_timesteps - global_step) / max(sps, 1e-9)
-                    print(f"step {global_step}/{args.total_timesteps}  SPS {sps:.1f}  ETA {eta / 60:.1f} min  "
+                    phase = "warm-up" if global_step < args.learning_starts else "learning"
+                    print(f"step {global_step}/{args.total_timesteps} ({phase})  SPS {sps:.1f}  ETA {eta / 60:.1f} min  "
                           f"last return {last_return:.1f}", flush=True)
 
             if global_step >= next_eval or global_step >= args.total_timesteps:
-                next_eval += args.eval_frequency
+                next_eval = (global_step // args.eval_frequency + 1) * args.eval_frequency  # a raised total continues it
                 returns, lengths, completed = evaluate(actor, critic, eval_envs, action_scale, action_bias,
                                                        args.num_candidates, args.ode_steps, device)
                 writer.add_scalar("eval/episodic_return", returns.mean(), global_step)
@@ -754,10 +875,16 @@ if __name__ == "__main__":
                       f"({describe_successes(args.tasks, completed)})", flush=True)
                 if args.save_model and save_checkpoint(model_path, actor, critic, log_alpha, log_beta, args):
                     last_saved_step = global_step
-    except KeyboardInterrupt:
-        if args.save_model and save_checkpoint(model_path, actor, critic, log_alpha, log_beta, args):
-            print(f"interrupted at step {global_step}; model saved to {model_path}", file=sys.stderr)
-        sys.exit(130)
+
+            if global_step >= next_checkpoint or stop_signal:
+                next_checkpoint = (global_step // args.checkpoint_frequency + 1) * args.checkpoint_frequency
+                save_atomically(training_state(), state_path)
+            if stop_signal:
+                model = args.save_model and save_checkpoint(model_path, actor, critic, log_alpha, log_beta, args)
+                print(f"{signal.Signals(stop_signal[0]).name} at step {global_step}: state saved to {state_path}"
+                      f"{f', model to {model_path}' if model else ''}; continue with --resume {run_dir}", file=sys.stderr)
+                sys.exit(128 + stop_signal[0])
+        save_atomically(training_state(), state_path)  # the end: a raised --total-timesteps can continue from here
     except Exception:
         if args.save_model and save_checkpoint(model_path, actor, critic, log_alpha, log_beta, args):
             print(f"crashed at step {global_step}; model saved to {model_path}", file=sys.stderr)
