@@ -43,7 +43,7 @@ class Args:
     """the run's folder under runs/ (default {env_id}__{exp_name}__{seed}__{unix time}); a fixed name lets --resume auto find it"""
     resume: str | None = None
     """continue a run exactly: its folder or state file, or `auto` with --run-name (resume runs/NAME if it holds a state, else start it)"""
-    checkpoint_frequency: int = 50_000
+    checkpoint_frequency: int = 10_000
     """write the full training state to runs/NAME/state.pt every this many env steps, at the end, and on SIGTERM, SIGUSR1 and Ctrl-C"""
     checkpoint: str | None = None
     """path of a checkpoint saved with --save-model (used with --eval-only)"""
