@@ -590,7 +590,6 @@ def fast_path(fn, compile: bool, cudagraphs: bool):
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
-    check_args(args)
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
     if args.resume == "auto":  # a requeued job: continue runs/NAME if it was saved, else start it
         if args.run_name is None:
@@ -601,6 +600,7 @@ if __name__ == "__main__":
         state_path = os.path.join(args.resume, "state.pt") if os.path.isdir(args.resume) else args.resume
         state = load_file(state_path, "training state", {"script", "args", "counters"})
         args = resumed_args(args, state["args"])
+    check_args(args)
 
     random.seed(args.seed)
     np.random.seed(args.seed)
