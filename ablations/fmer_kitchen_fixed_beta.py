@@ -291,7 +291,7 @@ class TwinQ(nn.Module):
         return h.reshape(out_shape)
 
 
-@torch.inference_mode()  # no autograd bookkeeping at all: the samples are never differentiated
+@torch.no_grad()  # the samples are never differentiated (torch.inference_mode breaks torch.compile in torch 2.11)
 def sample_candidates(velocity: VelocityField, obs: torch.Tensor, num_candidates: int, num_steps: int) -> torch.Tensor:
     """Eq. 10: K latent samples per state by Euler integration of the flow ODE.
 
@@ -841,7 +841,7 @@ if __name__ == "__main__":
                 next_log += args.log_frequency
                 now = time.time()
                 sps = (global_step - window_step) / max(now - window_time, 1e-9)
-                burn_in = window_step < first_update + 4 * args.num_envs and global_step > first_update
+                burn_in = window_step < first_update + 4 * args.policy_frequency * args.num_envs and global_step > first_update
                 if not burn_in:  # a window over compilation and CUDA graph capture would understate SPS
                     writer.add_scalar("charts/SPS", sps, global_step)
                 window_step, window_time = global_step, now

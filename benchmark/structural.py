@@ -138,15 +138,16 @@ def main(args: Args):
     compare("candidates: one pass over B*K rows vs K passes over B rows (sampler)", "one pass",
             lambda: seeded(lambda: fm.sample_candidates(actor, obs, K, N)), "K passes", sampler_per_candidate)
 
-    # 5. Sampling under inference_mode against no_grad, where per-op overhead shows: acting on one state.
+    # 5. Sampling under no_grad (the scripts' choice: inference_mode breaks torch.compile in torch 2.11)
+    #    against inference_mode, where per-op overhead shows: acting on one state.
     one_state = obs[:1]
-    no_grad_sampler = torch.no_grad()(fm.sample_candidates.__wrapped__)
-    compare("inference_mode vs no_grad (sampler, acting on 1 state)", "inference_mode",
-            lambda: seeded(lambda: fm.sample_candidates(actor, one_state, K, N)), "no_grad",
-            lambda: seeded(lambda: no_grad_sampler(actor, one_state, K, N)), iters=10 * args.iters)
-    compare("inference_mode vs no_grad (sampler, 256 states)", "inference_mode",
-            lambda: seeded(lambda: fm.sample_candidates(actor, obs, K, N)), "no_grad",
-            lambda: seeded(lambda: no_grad_sampler(actor, obs, K, N)))
+    inference_sampler = torch.inference_mode()(fm.sample_candidates.__wrapped__)
+    compare("no_grad vs inference_mode (sampler, acting on 1 state)", "no_grad",
+            lambda: seeded(lambda: fm.sample_candidates(actor, one_state, K, N)), "inference_mode",
+            lambda: seeded(lambda: inference_sampler(actor, one_state, K, N)), iters=10 * args.iters)
+    compare("no_grad vs inference_mode (sampler, 256 states)", "no_grad",
+            lambda: seeded(lambda: fm.sample_candidates(actor, obs, K, N)), "inference_mode",
+            lambda: seeded(lambda: inference_sampler(actor, obs, K, N)))
 
     # 6. The Euler time input filled in place, against a new tensor each step.
     @torch.inference_mode()
