@@ -117,6 +117,7 @@ NEEDED_FULL_TESTS = {"gymnasium_robotics": "gymnasium-robotics", "matplotlib": "
 PROGRESS = re.compile(r"^step (\d+)/\d+\s+SPS")
 EVAL = re.compile(r"^step (\d+): eval return (\S+) \+- ([^\s,]+),?\s*(.*)$")
 GOALS = re.compile(r"(\d+) goals reached")
+ERROR = re.compile(r"^(error: |[\w.]*(Error|Exception|Failed)\b.*:)")  # "error: ..." or "RuntimeError: ..."
 
 
 class CheckError(Exception):
@@ -156,7 +157,7 @@ class Run:
                                      text=True, errors="replace", start_new_session=True)
         self.progress: list[tuple[float, int]] = []  # (seconds since start, step)
         self.evals: list[dict] = []
-        self.tail: deque = deque(maxlen=30)
+        self.tail: deque = deque(maxlen=80)
         self.stopped = False
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
@@ -234,7 +235,9 @@ class Run:
         code = self.proc.poll()
         if code in (None, 0) or self.stopped:
             return None
-        return f"exit status {code}; last lines:\n" + "\n".join(list(self.tail)[-12:])
+        errors = [line.strip() for line in self.tail if ERROR.match(line.strip())][-2:]
+        return f"exit status {code}" + "".join(f"\n{e}" for e in errors) + "\nlast lines:\n" + "\n".join(
+            list(self.tail)[-12:])
 
 
 class Check:
@@ -342,7 +345,8 @@ class Check:
     def side_by_side(self, n: int, size: dict, deadline: float, tag: str, extra_env: dict | None = None) -> dict:
         """n fmer_continuous.py runs at once; SPS over a common window after every run's burn-in."""
         burn_step = size["learning_starts"] + size["burn_in"]
-        threads = max(1, (os.cpu_count() or 1) // n)
+        # the caller's OMP_NUM_THREADS if set, else the cores shared out (more threads than free cores stall torch)
+        threads = int(self.env.get("OMP_NUM_THREADS") or max(1, (os.cpu_count() or 1) // n))
         runs = []
         for seed in range(1, n + 1):
             cmd = [sys.executable, self.script("fmer_continuous.py"), "--env-id", size["env"], "--seed", seed,
@@ -665,12 +669,13 @@ def render_levels(r, title):
            f"starts once every run has passed step {r.get('learning_starts', 0) + r.get('burn_in', 0)} "
            "(so compilation and graph capture are left out); aggregate: their sum.", ""]
     if r.get("levels"):
-        out += ["| processes | status | aggregate SPS | per-run SPS | start to burn-in end (s) | GPU load, memory | window (s) |",
-                "| ---: | --- | ---: | --- | --- | --- | ---: |"]
+        out += ["| processes | torch threads each | status | aggregate SPS | per-run SPS | start to burn-in end (s) | "
+                "GPU load, memory | window (s) |", "| ---: | ---: | --- | ---: | --- | --- | --- | ---: |"]
         for lv in r["levels"]:
             g = lv.get("gpu_during_window")
             gtext = f"{g['utilization_pct']:.0f}%, {g['memory_used_mib']:.0f} MiB" if g else "—"
-            out.append(f"| {lv['processes']} | {lv['status']} | {fmt(lv.get('aggregate_sps'))} | "
+            out.append(f"| {lv['processes']} | {lv.get('threads_per_process', '—')} | {lv['status']} | "
+                       f"{fmt(lv.get('aggregate_sps'))} | "
                        f"{', '.join(fmt(x) for x in lv.get('per_run_sps', [])) or '—'} | "
                        f"{', '.join(fmt(x) for x in lv.get('seconds_to_burn_in', [])) or '—'} | {gtext} | "
                        f"{fmt(lv.get('window_s'))} |")
@@ -682,7 +687,7 @@ def render_levels(r, title):
 
 def render_evals(r, title, what):
     out = [f"## {title}", "", f"`{r.get('command', '')}`: reached step {r.get('reached_step')} of {r.get('total')} "
-           f"in {fmt(r.get('wall_s'))} s. {what}", ""]
+           f"in {fmt(r.get('wall_s'))} s." + (f" {what}" if r.get("evals") else ""), ""]
     sps = r.get("sps_after_burn_in")
     if sps:
         out += [f"Steps per second from step {sps['from_step']} to {sps['to_step']}: {sps['sps']:.1f} (evaluations "

@@ -104,6 +104,18 @@ def test_runs_are_timed_from_their_progress_lines(tmp_path):
     assert "[fake] step 500/1000" in (tmp_path / "log.txt").read_text()
 
 
+def test_a_failed_run_names_its_error(tmp_path):
+    script = tmp_path / "crash.py"
+    script.write_text("import sys\nprint('step 10/100  SPS 5.0')\n"
+                      "print('RuntimeError: <weakref at 0x1>', file=sys.stderr)\n"
+                      + "".join(f"print('context line {i}')\n" for i in range(20)) + "sys.exit(3)\n")
+    run = gpu_check.Run("crash", [sys.executable, script], {}, gpu_check.Log(tmp_path / "log.txt"), tmp_path)
+    assert run.wait(time.monotonic() + 60)
+    lines = run.failure().splitlines()
+    assert lines[:2] == ["exit status 3", "RuntimeError: <weakref at 0x1>"]  # the error, though 20 lines came after it
+    assert lines[-1] == "context line 19" and run.step == 10
+
+
 def test_a_run_is_stopped_with_its_process_group(tmp_path):
     script = tmp_path / "forever.py"
     script.write_text("import subprocess, sys, time\n"
