@@ -314,7 +314,7 @@ class Check:
             if "cudagraphs" in mode and self.dry:
                 continue
             if time.monotonic() >= deadline:
-                status = "cut"
+                status = worse(status, "cut")
                 notes.append(f"{env_id} {mode}: not run (budget spent)")
                 continue
             out = self.work / f"speed_{env_id}_{mode}.json"
@@ -326,7 +326,7 @@ class Check:
             run = Run(f"speed {env_id} {mode}", cmd, self.child_env(), self.log, self.rundir("speed"))
             if not run.wait(deadline):
                 run.stop()
-                status = "cut"
+                status = worse(status, "cut")
                 notes.append(f"{env_id} {mode}: cut at the part's budget")
                 continue
             if run.proc.returncode != 0 or not out.exists():
@@ -400,14 +400,13 @@ class Check:
             now = time.monotonic()
             if now >= deadline:
                 levels.append({"processes": n, "status": "cut", "note": "not run (budget spent)"})
-                status = "cut"
+                status = worse(status, "cut")
                 continue
             share = (deadline - now) / (len(counts) - i)  # a fair share of what is left
             self.say(f"{tag}: {n} process(es) side by side, {share:.0f} s at most")
             level = self.side_by_side(n, size, now + share, tag, extra_env)
             levels.append(level)
-            if level["status"] != "ok":
-                status = "failed" if "failed" in (status, level["status"]) else "cut"
+            status = worse(status, level["status"])
         return {"status": status, "levels": levels, "env_id": size["env"], "mode": self.run_mode,
                 "learning_starts": size["learning_starts"], "burn_in": size["burn_in"], "window": size["window"],
                 "command": f"python fmer_continuous.py --env-id {size['env']} --seed S --total-timesteps 1000000 "
@@ -490,6 +489,12 @@ class Check:
         self.results["finished"] = datetime.datetime.now().isoformat(timespec="seconds")
         (self.out / "results.json").write_text(json.dumps(self.results, indent=1) + "\n")
         (self.out / "report.md").write_text(render(self.results) + "\n")
+
+
+def worse(a: str, b: str) -> str:
+    """The status of a part with two outcomes: failed over cut over ok."""
+    order = ("ok", "cut", "failed")
+    return max(a, b, key=order.index)
 
 
 def gpu_utilization() -> dict | None:
