@@ -22,9 +22,11 @@ script's default network and batch sizes:
               tensorboard log over --sps-steps steps that follow --burn-in steps of learning, so
               compilation and capture are left out
 
-It prints a markdown table and writes it to --output when given.
+It prints a markdown table and writes it to --output when given, and the raw numbers as JSON to
+--json-output when given.
 """
 import datetime
+import json
 import os
 import statistics
 import subprocess
@@ -67,8 +69,14 @@ class Args:
     """env steps of learning before the SPS window"""
     learning_starts: int = 300
     """random-action steps of the SPS run before learning starts"""
+    hidden_dim: int | None = None
+    """network width (default: the script's, 256); smaller only to check this tool quickly"""
+    batch_size: int | None = None
+    """batch size (default: the script's, 256); smaller only to check this tool quickly"""
     output: str | None = None
     """also write the markdown table to this file"""
+    json_output: str | None = None
+    """also write the raw numbers (seconds, FLOPs, SPS) to this JSON file"""
 
 
 def device_name(device: torch.device) -> str:
@@ -119,8 +127,8 @@ def matmul_throughput(rows: int, hidden: int, device: torch.device) -> float:
 class Setup:
     """Networks, optimizers and a replayed batch at the defaults of fmer_continuous.py."""
 
-    def __init__(self, obs_dim: int, act_dim: int, device: torch.device):
-        args = fm.Args()
+    def __init__(self, obs_dim: int, act_dim: int, device: torch.device, hidden_dim=None, batch_size=None):
+        args = fm.Args(hidden_dim=hidden_dim or fm.Args.hidden_dim, batch_size=batch_size or fm.Args.batch_size)
         fm.check_args(args)  # fills in the default ESS target, K / 2
         self.B, self.K, self.N, self.H = args.batch_size, args.num_candidates, args.ode_steps, args.hidden_dim
         torch.manual_seed(0)
@@ -198,6 +206,9 @@ def measure_sps(args: Args, mode: str) -> float:
                "--learning-starts", str(args.learning_starts), "--log-frequency", str(log_every),
                "--eval-frequency", str(total), "--eval-episodes", "1", "--progress-seconds", "1e9",
                "--exp-name", "speed", *MODES[mode]]
+        for flag, value in (("--hidden-dim", args.hidden_dim), ("--batch-size", args.batch_size)):
+            if value is not None:
+                cmd += [flag, str(value)]
         if not args.cuda:
             cmd.append("--no-cuda")
         run = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True)
@@ -223,7 +234,7 @@ def main(args: Args):
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
     env.close()
 
-    setup = Setup(obs_dim, act_dim, device)
+    setup = Setup(obs_dim, act_dim, device, args.hidden_dim, args.batch_size)
     B, K, N, H = setup.B, setup.K, setup.N, setup.H
     throughput = matmul_throughput(B * K, H, device)
     update_flops = count_flops(lambda: (setup.critic_step(*setup.batch),
@@ -276,6 +287,14 @@ def main(args: Args):
     lines.append("sampler and scoring run twice per update; SPS is over a real training run (env steps, acting, "
                  f"updates), steps {args.learning_starts + args.burn_in}-{args.learning_starts + args.burn_in + args.sps_steps}.")
     publish(lines, args.output)
+    if args.json_output:
+        sps_window = [args.learning_starts + args.burn_in, args.learning_starts + args.burn_in + args.sps_steps]
+        raw = {"env_id": args.env_id, "obs_dim": obs_dim, "act_dim": act_dim, "B": B, "K": K, "N": N, "hidden": H,
+               "device": device_name(device), "torch": torch.__version__, "update_flops": update_flops,
+               "part_flops": part_flops, "matmul_flops_per_s": throughput, "floor_s": floor,
+               "sps_window_steps": sps_window if args.sps_steps > 0 else None, "rows": rows}
+        Path(args.json_output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json_output).write_text(json.dumps(raw, indent=1) + "\n")
 
 
 if __name__ == "__main__":
