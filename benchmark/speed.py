@@ -54,7 +54,7 @@ class Args:
     env_id: str = "Hopper-v5"
     """env whose observation and action sizes set the network shapes, and which the SPS run trains on"""
     modes: tuple[str, ...] | None = None
-    """modes to measure (eager, compile, cudagraphs, compile+cudagraphs); default: eager, compile, and on CUDA compile+cudagraphs"""
+    """modes to measure (eager, compile, cudagraphs, compile+cudagraphs); default: eager, compile (+ compile+cudagraphs on CUDA)"""
     cuda: bool = True
     """measure on CUDA when it is available"""
     iters: int = 20
@@ -285,7 +285,8 @@ def main(args: Args):
                      f"{sps} | " + " | ".join(part_cell(row, n) for n in names) + " |")
     lines.append("")
     lines.append("sampler and scoring run twice per update; SPS is over a real training run (env steps, acting, "
-                 f"updates), steps {args.learning_starts + args.burn_in}-{args.learning_starts + args.burn_in + args.sps_steps}.")
+                 f"updates), steps {args.learning_starts + args.burn_in}-"
+                 f"{args.learning_starts + args.burn_in + args.sps_steps}.")
     publish(lines, args.output)
     if args.json_output:
         sps_window = [args.learning_starts + args.burn_in, args.learning_starts + args.burn_in + args.sps_steps]

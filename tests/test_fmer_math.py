@@ -252,7 +252,8 @@ def test_policy_improves_on_a_one_step_bandit():
     policy from around 0 to the optimum. Softmax(-Q / beta) or uniform weights would not."""
     torch.manual_seed(0)
     obs_dim, act_dim, B, H = 2, 1, 128, 64
-    actor, critic, target_critic = fm.VelocityField(obs_dim, act_dim, H), fm.TwinQ(obs_dim, act_dim, H), fm.TwinQ(obs_dim, act_dim, H)
+    actor = fm.VelocityField(obs_dim, act_dim, H)
+    critic, target_critic = fm.TwinQ(obs_dim, act_dim, H), fm.TwinQ(obs_dim, act_dim, H)
     target_critic.load_state_dict(critic.state_dict())
     actor_opt, critic_opt = torch.optim.Adam(actor.parameters(), lr=1e-3), torch.optim.Adam(critic.parameters(), lr=1e-3)
     log_alpha, log_beta = torch.tensor(math.log(0.5), requires_grad=True), torch.tensor(math.log(0.5), requires_grad=True)
@@ -261,7 +262,8 @@ def test_policy_improves_on_a_one_step_bandit():
     for _ in range(250):
         actions = torch.rand(B, act_dim) * 2 - 1
         rewards = -4 * ((actions - 0.5) ** 2).sum(-1)
-        fm.update_critic((obs, actions, rewards, obs, torch.ones(B)), actor, critic, target_critic, critic_opt, 0.99, 0.005, 8, 10)
+        batch = (obs, actions, rewards, obs, torch.ones(B))
+        fm.update_critic(batch, actor, critic, target_critic, critic_opt, 0.99, 0.005, 8, 10)
         fm.update_actor(obs, actor, critic, actor_opt, log_alpha, alpha_opt, log_beta, beta_opt, 8, 10, 4.0, -2.0)
     a = torch.tanh(fm.sample_candidates(actor, obs[:1], 1000, 10)).flatten()
     assert abs(a.mean().item() - 0.5) < 0.15, a.mean().item()
@@ -374,7 +376,10 @@ def test_hutchinson_mean_matches_exact_trace():
     net = fm.VelocityField(obs_dim, d, 64).double()
     obs, t = torch.randn(B, obs_dim, dtype=torch.float64), torch.rand(B, 1, dtype=torch.float64)
     x = torch.randn(B, d, dtype=torch.float64)
-    exact = torch.func.vmap(lambda xi, oi, ti: torch.func.jacrev(lambda z: net(net.embed_obs(oi), z, ti))(xi).trace())(x, obs, t)
+    def trace(xi, oi, ti):
+        return torch.func.jacrev(lambda z: net(net.embed_obs(oi), z, ti))(xi).trace()
+
+    exact = torch.func.vmap(trace)(x, obs, t)
     probe = torch.randint(0, 2, (M * B, d), dtype=torch.float64) * 2 - 1
     _, jvp = net(net.embed_obs(obs.repeat(M, 1)), x.repeat(M, 1), t.repeat(M, 1), probe)
     est = fm.hutchinson_divergence(jvp, probe).view(M, B)
@@ -414,7 +419,8 @@ def test_entropy_estimate_matches_gaussian_closed_form():
     latent_true = d * 0.5 * math.log(2 * math.pi * math.e * sigma**2)
     # action-space entropy of tanh(u): H(u) + E[sum log(1 - tanh(u)^2)], by Monte Carlo
     u_ref = m + sigma * torch.randn(2_000_000, d, dtype=torch.float64)
-    action_true = latent_true + (2 * (math.log(2) - u_ref.abs() - torch.log1p(torch.exp(-2 * u_ref.abs())))).sum(-1).mean().item()
+    log_jacobian = 2 * (math.log(2) - u_ref.abs() - torch.log1p(torch.exp(-2 * u_ref.abs())))
+    action_true = latent_true + log_jacobian.sum(-1).mean().item()
 
     # weights play no part in the entropy: it is the policy's own, over all its candidates
     # (here they favour candidates far from 0, where the tanh correction is largest)
