@@ -54,7 +54,7 @@ class Args:
     env_id: str = "Hopper-v5"
     """env whose observation and action sizes set the network shapes, and which the SPS run trains on"""
     modes: tuple[str, ...] | None = None
-    """modes to measure (eager, compile, cudagraphs, compile+cudagraphs); default: eager, compile (+ compile+cudagraphs on CUDA)"""
+    """modes: eager, compile, cudagraphs, compile+cudagraphs; default: eager, compile (+ compile+cudagraphs on CUDA)"""
     cuda: bool = True
     """measure on CUDA when it is available"""
     iters: int = 20
