@@ -7,6 +7,7 @@ import random
 import signal
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 
 import gymnasium as gym
@@ -16,7 +17,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 import tyro
 from torch.utils.tensorboard import SummaryWriter
-
 
 SCRIPT = os.path.basename(__file__)
 
@@ -31,6 +31,14 @@ class Args:
     """if toggled, `torch.backends.cudnn.deterministic=True`"""
     cuda: bool = True
     """if toggled, cuda will be used when available (falls back to CPU with a note)"""
+    track: bool = False
+    """if toggled, this experiment will be tracked with Weights and Biases (its tensorboard log, synced)"""
+    wandb_project_name: str = "fmer"
+    """the wandb's project name"""
+    wandb_entity: str | None = None
+    """the entity (team) of wandb's project"""
+    capture_video: bool = False
+    """record the first episode of each evaluation to videos/{run_name}/ (MuJoCo: MUJOCO_GL=egl or osmesa)"""
     compile: bool = False
     """torch.compile the update and act functions (ours, as LeanRL; the eager code is the readable one)"""
     cudagraphs: bool = False
@@ -106,10 +114,8 @@ class Args:
 
 
 class RememberResetRNG(gym.Wrapper):
-    """Keeps the env's RNG state from just before its latest reset, or None once the episode has
-    taken a step. A run saved at an episode boundary stores it, and the resumed run redoes that
-    reset exactly. The physics state of an episode cut midway is not saved: its env stores its
-    current RNG state, and the resumed run starts a new episode there (no transition spans the cut)."""
+    """Keeps the env's RNG state from just before its latest reset (None once the episode has taken a step): a resumed
+    run redoes that reset exactly. The physics of an episode cut midway is not saved; the resumed run starts a new one."""
 
     def rng(self) -> np.random.Generator:
         return self.unwrapped.np_random
@@ -123,14 +129,9 @@ class RememberResetRNG(gym.Wrapper):
         return super().step(action)
 
 
-def env_rng_states(envs: gym.vector.SyncVectorEnv) -> list[dict]:
-    """What each env's RNG must be set to before envs.reset() to continue the run (see RememberResetRNG)."""
-    return [env.rng_state or env.rng().bit_generator.state for env in envs.envs]
-
-
-def make_env(env_id: str, seed: int):
+def make_env(env_id: str, seed: int, render: bool = False):
     def thunk():
-        env = gym.make(env_id)
+        env = gym.make(env_id, render_mode="rgb_array" if render else None)
         env = gym.wrappers.RecordEpisodeStatistics(env)
         env = RememberResetRNG(env)
         env.action_space.seed(seed)
@@ -139,22 +140,15 @@ def make_env(env_id: str, seed: int):
     return thunk
 
 
-def make_vector_env(env_id: str, num_envs: int, seed: int) -> gym.vector.SyncVectorEnv:
-    # SAME_STEP autoreset: an episode's true last observation comes back in infos["final_obs"]
-    # on the step that ends it, and the next observation is already the reset one, so no
-    # transition ever spans two episodes.
-    return gym.vector.SyncVectorEnv(
-        [make_env(env_id, seed + i) for i in range(num_envs)],
-        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
-    )
+def make_vector_env(env_id: str, num_envs: int, seed: int, render: bool = False) -> gym.vector.SyncVectorEnv:
+    # SAME_STEP autoreset: the next observation of an ended episode is the reset one, its true last one is in infos.
+    return gym.vector.SyncVectorEnv([make_env(env_id, seed + i, render) for i in range(num_envs)],
+                                    autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
 
 
 def mish_with_derivative(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mish, x * tanh(softplus(x)), and its derivative, which the divergence needs (Eq. 15-16).
-
-    Written with a single exp, tanh(log(1 + e^x)) = n / (n + 2) with n = e^x (e^x + 2): equal to
-    F.mish to float32 rounding, and a form torch.compile fuses into one pass over memory.
-    """
+    """Mish, x * tanh(softplus(x)), and its derivative, which the divergence needs (Eq. 15-16), with one exp:
+    tanh(log(1 + e^x)) = n / (n + 2), n = e^x (e^x + 2); F.mish to float32 rounding, fused by torch.compile."""
     e = torch.exp(x.clamp(max=20.0))  # past 20, n / (n + 2) is 1 in float32
     n = e * (e + 2.0)
     tanh_softplus = n / (n + 2.0)
@@ -162,18 +156,14 @@ def mish_with_derivative(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def mish(x: torch.Tensor) -> torch.Tensor:
-    # Eager: F.mish's single kernel. Compiled: the one-exp form, which fuses (6x faster than the
-    # compiler's own expansion of F.mish on CPU); the unused derivative is dropped.
+    # Eager: F.mish's one kernel. Compiled: the one-exp form, 6x faster on CPU than the compiler's F.mish.
     return mish_with_derivative(x)[0] if torch.compiler.is_compiling() else F.mish(x)
 
 
 class VelocityField(nn.Module):
-    """v_theta(x, t, s): the flow's velocity in the latent space (Sec. 4.1), an MLP on [s, x, t] with 3
-    hidden Mish layers.
-
-    Its first layer W [s, x, t] + b is kept as two parts, (W_s s + b) + W_xt [x, t]: the state part
-    is computed once per state (embed_obs) and shared by the K candidates and the N Euler steps.
-    """
+    """v_theta(x, t, s): the flow's velocity in the latent space (Sec. 4.1), an MLP on [s, x, t] with 3 hidden
+    Mish layers. Its first layer W [s, x, t] + b is kept as two parts, (W_s s + b) + W_xt [x, t]: the state
+    part is computed once per state (embed_obs) and shared by the K candidates and the N Euler steps."""
 
     def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int = 256):
         super().__init__()
@@ -183,20 +173,15 @@ class VelocityField(nn.Module):
         bound = 1.0 / math.sqrt(obs_dim + act_dim + 1)  # nn.Linear's init for the whole first layer
         for param in (self.obs_layer.weight, self.obs_layer.bias, self.xt_layer.weight):
             nn.init.uniform_(param, -bound, bound)
-        self.layers = nn.ModuleList([nn.Linear(hidden_dim, hidden_dim), nn.Linear(hidden_dim, hidden_dim),
-                                     nn.Linear(hidden_dim, act_dim)])
+        self.layers = nn.ModuleList([nn.Linear(hidden_dim, hidden_dim) for _ in range(2)] + [nn.Linear(hidden_dim, act_dim)])
 
     def embed_obs(self, obs: torch.Tensor) -> torch.Tensor:
         """The state's part of the first layer: obs [..., obs_dim] -> [..., hidden_dim]."""
         return self.obs_layer(obs)
 
     def forward(self, obs_embedding: torch.Tensor, x: torch.Tensor, t: torch.Tensor, probe: torch.Tensor | None = None):
-        """obs_embedding [..., hidden] (broadcasts), x [..., act_dim], t [..., 1] -> v [..., act_dim].
-
-        With a probe e [..., act_dim], also returns (dv/dx) e, pushed forward through the layers
-        alongside v (forward-mode differentiation). A plain forward graph, so the divergence
-        needs no double backward and torch.compile can compile it.
-        """
+        """obs_embedding [..., hidden] (broadcasts), x [..., act_dim], t [..., 1] -> v [..., act_dim]. With a probe
+        e, also (dv/dx) e, pushed forward alongside v: no double backward for the divergence, and it compiles."""
         z = obs_embedding + self.xt_layer(torch.cat([x, t], dim=-1))  # raw t is enough for 10 Euler steps
         dz = None if probe is None else F.linear(probe, self.xt_layer.weight[:, : self.act_dim])
         for layer in self.layers:
@@ -209,11 +194,7 @@ class VelocityField(nn.Module):
 
 
 class TwinQ(nn.Module):
-    """Both critics Q1, Q2 as one batched module: weights [2, in, out], one matmul per layer.
-
-    As in the velocity field, the first layer's state part is computed once per state and shared
-    by the K candidate actions of that state.
-    """
+    """Both critics as one batched module (weights [2, in, out]); the first layer's state part is shared by K candidates."""
 
     def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int = 256, num_q: int = 2):
         super().__init__()
@@ -242,11 +223,8 @@ class TwinQ(nn.Module):
 
 @torch.no_grad()  # the samples are never differentiated (torch.inference_mode breaks torch.compile in torch 2.11)
 def sample_candidates(velocity: VelocityField, obs: torch.Tensor, num_candidates: int, num_steps: int) -> torch.Tensor:
-    """Eq. 10: K latent samples per state by Euler integration of the flow ODE.
-
-    obs [B, obs_dim] -> latents u [B, K, act_dim]. Actions are tanh(u); keep u itself, since
-    atanh(tanh(u)) is inf once tanh saturates in float32.
-    """
+    """Eq. 10: K latent samples per state by Euler integration of the flow ODE: obs [B, obs_dim] -> latents
+    u [B, K, act_dim]. Actions are tanh(u); keep u itself, since atanh(tanh(u)) is inf once tanh saturates."""
     obs_embedding = velocity.embed_obs(obs).unsqueeze(1)  # [B, 1, hidden], shared by the K candidates
     x = torch.randn(obs.shape[0], num_candidates, velocity.act_dim, device=obs.device)
     t = torch.empty(*x.shape[:2], 1, device=obs.device)
@@ -269,20 +247,14 @@ def best_of_k_actions(velocity: VelocityField, critic: TwinQ, obs: torch.Tensor,
 
 
 def advantage_weights(q: torch.Tensor, beta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eq. 13-14: per-state softmax weights over the K candidates, and their ESS in [1, K].
-
-    q [B, K]. V(s) cancels inside the softmax, so Q stands in for the advantage.
-    """
+    """Eq. 13-14: softmax weights over the K candidates of q [B, K] and their ESS in [1, K]; V(s) cancels, so Q serves."""
     weights = torch.softmax(q / beta, dim=1)
     ess = 1.0 / weights.pow(2).sum(dim=1)
     return weights, ess
 
 
 def bellman_target(rewards: torch.Tensor, terminations: torch.Tensor, next_q: torch.Tensor, gamma: float) -> torch.Tensor:
-    """Eq. 20 with the best of K candidates at s': y = r + gamma * (1 - terminated) * max_i Q'(s', a'_i).
-
-    Truncation (a time limit) is not a termination: those transitions bootstrap.
-    """
+    """Eq. 20, best of K at s': y = r + gamma * (1 - terminated) * max_i Q'(s', a'_i); truncations bootstrap."""
     return rewards + gamma * (1.0 - terminations) * next_q.max(dim=1).values
 
 
@@ -331,11 +303,8 @@ def flow_losses(velocity: VelocityField, obs: torch.Tensor, u: torch.Tensor, wei
 
 
 def dual_update(log_param: torch.Tensor, optimizer: torch.optim.Optimizer, measured: torch.Tensor, target) -> torch.Tensor:
-    """One step of dual descent on log(param): it falls while measured > target, rises while below.
-
-    beta: measured = mean ESS (weights too uniform -> sharpen). alpha: measured = entropy
-    (above target -> weaker bonus). Clamped so that exp() stays finite.
-    """
+    """One step of dual descent on log(param), clamped so that exp() stays finite: it falls while measured > target,
+    rises while below. beta: mean ESS (too uniform -> sharpen); alpha: entropy (above target -> weaker bonus)."""
     loss = log_param * (measured.detach() - target)
     optimizer.zero_grad()
     loss.backward()
@@ -350,23 +319,22 @@ def linear_schedule(start: float, end: float, fraction: float) -> float:
 
 
 class ReplayBuffer:
-    """Transitions as tensors on the training device; actions stored in [-1, 1]."""
+    """Transitions as tensors on the training device; actions stored in [-1, 1]. Only filled rows are ever read."""
 
     FIELDS = ("obs", "next_obs", "actions", "rewards", "terminations")
 
     def __init__(self, capacity: int, obs_dim: int, act_dim: int, device: torch.device):
         self.capacity, self.pos, self.size, self.device = capacity, 0, 0, device
-        self.obs = torch.zeros(capacity, obs_dim, device=device)
-        self.next_obs = torch.zeros(capacity, obs_dim, device=device)
-        self.actions = torch.zeros(capacity, act_dim, device=device)
-        self.rewards = torch.zeros(capacity, device=device)
-        self.terminations = torch.zeros(capacity, device=device)
+        self.obs = torch.empty(capacity, obs_dim, device=device)  # empty, not zeros: 1M rows take no time to allocate
+        self.next_obs = torch.empty(capacity, obs_dim, device=device)
+        self.actions = torch.empty(capacity, act_dim, device=device)
+        self.rewards = torch.empty(capacity, device=device)
+        self.terminations = torch.empty(capacity, device=device)
 
     def add(self, obs, next_obs, actions, rewards, terminations):
         idx = ((self.pos + torch.arange(len(obs))) % self.capacity).to(self.device)
-        for buf, val in [(self.obs, obs), (self.next_obs, next_obs), (self.actions, actions),
-                         (self.rewards, rewards), (self.terminations, terminations)]:
-            buf[idx] = torch.as_tensor(val, dtype=torch.float32).to(self.device)
+        for name, val in zip(self.FIELDS, (obs, next_obs, actions, rewards, terminations)):
+            getattr(self, name)[idx] = torch.as_tensor(val, dtype=torch.float32).to(self.device)
         self.pos = (self.pos + len(obs)) % self.capacity
         self.size = min(self.size + len(obs), self.capacity)
 
@@ -394,20 +362,15 @@ def finished_episodes(infos: dict) -> list[tuple[int, float, int]]:
     return [(int(i), float(episode["r"][i]), int(episode["l"][i])) for i in np.flatnonzero(infos["final_info"]["_episode"])]
 
 
-def true_next_obs(next_obs: np.ndarray, infos: dict) -> np.ndarray:
-    """With SAME_STEP autoreset, next_obs of an env whose episode just ended is already the reset
-    observation; the true last one is infos["final_obs"]."""
+def add_vector_step(rb: ReplayBuffer, obs, actions, next_obs, rewards, terminations, infos) -> None:
+    """Store one vector step with its true next observations: with SAME_STEP autoreset, next_obs of an env whose
+    episode just ended is already the reset one, and the true last one is infos["final_obs"]. Only termination
+    stops the bootstrap; a truncated (time-limit) transition is stored as non-terminal."""
     real_next_obs = next_obs.copy()
     if "final_obs" in infos:
         for i in np.flatnonzero(infos["_final_obs"]):
             real_next_obs[i] = infos["final_obs"][i]
-    return real_next_obs
-
-
-def add_vector_step(rb: ReplayBuffer, obs, actions, next_obs, rewards, terminations, infos) -> None:
-    """Store one vector step with its true next observations. Only termination stops the
-    bootstrap; a truncated (time-limit) transition is stored as non-terminal."""
-    rb.add(obs, true_next_obs(next_obs, infos), actions, rewards, terminations)
+    rb.add(obs, real_next_obs, actions, rewards, terminations)
 
 
 def update_critic(batch, actor, critic, target_critic, critic_optimizer, gamma, tau, num_candidates, num_steps):
@@ -452,11 +415,13 @@ def update_actor(obs, actor, critic, actor_optimizer, log_alpha, alpha_optimizer
     }
 
 
-def evaluate(actor, critic, envs, action_scale, action_bias, num_candidates, num_steps, device):
-    """One episode per env of `envs` with the best-of-K rule; returns (returns, lengths)."""
+def evaluate(actor, critic, envs, action_scale, action_bias, num_candidates, num_steps, device, frames=None):
+    """One episode per env with the best-of-K rule -> (returns, lengths); a list `frames` gets env 0's images."""
     obs, _ = envs.reset()
     returns, lengths = [None] * envs.num_envs, [None] * envs.num_envs
     while any(r is None for r in returns):
+        if frames is not None and returns[0] is None:
+            frames.append(envs.envs[0].render())
         obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device)
         actions = best_of_k_actions(actor, critic, obs_t, num_candidates, num_steps).cpu().numpy()
         obs, _, _, _, infos = envs.step(actions * action_scale + action_bias)
@@ -467,8 +432,7 @@ def evaluate(actor, critic, envs, action_scale, action_bias, num_candidates, num
 
 
 def save_atomically(state: dict, path: str) -> bool:
-    """torch.save to a temporary file, then rename: a crash or SIGKILL mid-write keeps the previous
-    file. A state with non-finite weights is never written."""
+    """torch.save to a temporary file, then rename (a crash mid-write keeps the old file); never non-finite weights."""
     tensors = [*state["actor"].values(), *state["critic"].values(), state["log_alpha"], state["log_beta"]]
     if not all(torch.isfinite(t).all() for t in tensors):
         print(f"not saving {path}: the weights are not finite; the last good file is kept", file=sys.stderr)
@@ -502,7 +466,8 @@ def load_file(path: str, what: str, keys: set) -> dict:
 def resumed_args(args: Args, saved: dict) -> Args:
     """The saved run's args. A flag given now that differs from both its default and the saved value
     is an error, except those that do not change the run; --total-timesteps may only rise."""
-    defaults, free = Args(), ("resume", "cuda", "compile", "cudagraphs", "progress_seconds", "total_timesteps")
+    defaults, free = Args(), ("resume", "cuda", "compile", "cudagraphs", "progress_seconds", "total_timesteps",
+                              "track", "capture_video")
     for name, value in vars(args).items():
         if name not in free and value != getattr(defaults, name) and value != saved[name]:
             sys.exit(f"error: --{name.replace('_', '-')} {value} conflicts with the resumed run's {saved[name]}")
@@ -530,6 +495,17 @@ def check_env(env_id: str) -> tuple[gym.spaces.Box, gym.spaces.Space]:
     return action_space, observation_space
 
 
+def check_rendering(env: gym.Env) -> None:
+    """Exit with one line unless env renders; MuJoCo renders through the OpenGL back end that MUJOCO_GL names."""
+    try:
+        with warnings.catch_warnings(action="ignore"):  # GLFW's own complaints, before the failure
+            env.render()
+    except Exception as e:  # e.g. GLFW without a display, or pygame missing for a classic-control env
+        sys.exit(f"error: --capture-video cannot render with MUJOCO_GL={os.environ.get('MUJOCO_GL', '(unset: glfw)')} "
+                 f"({type(e).__name__}: {e}): set MUJOCO_GL=egl on a GPU machine or MUJOCO_GL=osmesa on a CPU one "
+                 "(apt-get install libosmesa6), or run without --capture-video")
+
+
 def check_args(args: Args) -> None:
     """Fill in the default ESS target (it depends on K); exit with one line on flags that cannot work together."""
     for name in ("total_timesteps", "num_envs", "buffer_size", "batch_size", "updates_per_step", "policy_frequency",
@@ -550,12 +526,9 @@ def check_args(args: Args) -> None:
 
 
 class CudaGraphFunction:
-    """fn(*tensors) replayed as one CUDA graph (ours, LeanRL's approach): no Python and no kernel
-    launches per call. The first `warmup` calls run fn eagerly on a side stream; the next one
-    captures it. From then on a call copies its inputs into the captured input tensors, replays,
-    and returns the captured outputs, which the following call overwrites. fn must keep its
-    shapes and must not sync with the host; every call is one real call of fn.
-    """
+    """fn(*tensors) replayed as one CUDA graph (ours, LeanRL's): no Python, no kernel launches per call. The first
+    `warmup` calls run fn eagerly on a side stream, the next captures it; later calls copy their inputs into the
+    captured ones and replay (the next call overwrites the outputs). All are real calls; fn must keep its shapes."""
 
     def __init__(self, fn, warmup: int = 3):
         self.fn, self.warmup, self.graph = fn, warmup, None
@@ -627,7 +600,7 @@ if __name__ == "__main__":
     critic = TwinQ(obs_dim, act_dim, args.hidden_dim).to(device)
     log_alpha = torch.tensor(math.log(args.alpha_init), device=device, requires_grad=True)
     log_beta = torch.tensor(math.log(args.beta_init), device=device, requires_grad=True)
-    eval_envs = make_vector_env(args.env_id, args.eval_episodes, args.seed + 10_000)
+    eval_envs = make_vector_env(args.env_id, args.eval_episodes, args.seed + 10_000, args.capture_video)
     eval_envs.reset(seed=args.seed + 10_000)  # seeds the eval envs' RNGs once; evaluate() continues them
 
     if checkpoint is not None:
@@ -646,6 +619,18 @@ if __name__ == "__main__":
     run_dir = os.path.dirname(state_path) if state else f"runs/{args.run_name}"
     if state is None and os.path.exists(f"{run_dir}/state.pt"):
         sys.exit(f"error: {run_dir} already holds a run: continue it with --resume {run_dir}, or choose another --run-name")
+    if args.capture_video:  # render once now: a missing OpenGL back end fails here, not at the first evaluation
+        import imageio  # writes MP4 through imageio-ffmpeg
+        check_rendering(eval_envs.envs[0])
+        os.makedirs(f"videos/{args.run_name}", exist_ok=True)
+        video_fps = eval_envs.metadata["render_fps"]
+    if args.track:  # W&B mirrors the tensorboard log; a resumed run continues its W&B run
+        try:
+            import wandb
+        except ImportError:
+            sys.exit("error: --track needs wandb: pip install wandb==0.31.0")
+        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True, config=vars(args),
+                   name=args.run_name, id=args.run_name, resume="allow", save_code=True)
     # A resumed run appends to the same log; TensorBoard drops what the stopped run logged after its save
     # (all of it, for a run stopped before its first save). The table is rewritten: --total-timesteps may rise.
     writer = SummaryWriter(run_dir, purge_step=state["counters"][0] + 1 if state else 0)
@@ -655,8 +640,7 @@ if __name__ == "__main__":
 
     target_critic = TwinQ(obs_dim, act_dim, args.hidden_dim).to(device)
     target_critic.load_state_dict(critic.state_dict())
-    # Learning rate and target entropy are device tensors, changed in place: a compiled or captured
-    # update reads their current value instead of baking in a constant.
+    # Learning rate and target entropy are device tensors changed in place: a compiled or captured update reads them.
     capturable = device.type == "cuda"  # Adam's step count on the device, as CUDA graphs need
     actor_optimizer = torch.optim.Adam(actor.parameters(), lr=torch.tensor(args.actor_lr, device=device),
                                        capturable=capturable)
@@ -682,9 +666,7 @@ if __name__ == "__main__":
     envs = make_vector_env(args.env_id, args.num_envs, args.seed)
     rng = np.random.default_rng(args.seed)
 
-    # A "step" is one env transition: a vector step adds num_envs of them and is followed by
-    # num_envs * updates_per_step critic updates, so the update-to-data ratio does not depend
-    # on num_envs.
+    # A step is one env transition; a vector step (num_envs of them) is followed by num_envs * updates_per_step updates.
     obs, _ = envs.reset(seed=args.seed)
     global_step, num_updates, last_return, last_saved_step = 0, 0, float("nan"), None
     metrics, next_log, next_eval, next_checkpoint = {}, args.log_frequency, args.eval_frequency, args.checkpoint_frequency
@@ -698,14 +680,14 @@ if __name__ == "__main__":
                 "metrics": metrics, "obs": torch.as_tensor(obs),
                 "rng": {"python": random.getstate(), "numpy": rng.bit_generator.state, "torch": torch.get_rng_state(),
                         "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []},
-                "env_rngs": env_rng_states(envs), "eval_env_rngs": [e.rng().bit_generator.state for e in eval_envs.envs],
+                "env_rngs": [env.rng_state or env.rng().bit_generator.state for env in envs.envs],  # see RememberResetRNG
+                "eval_env_rngs": [env.rng().bit_generator.state for env in eval_envs.envs],
                 "counters": (global_step, num_updates, next_log, next_eval, next_checkpoint, last_return, last_saved_step)}
 
     if state is not None:  # continue where the saved run stopped
-        for module, name in ((actor, "actor"), (critic, "critic"), (target_critic, "target_critic")):
-            module.load_state_dict(state[name])
-        for opt, opt_state in zip(optimizers, state["optimizers"]):
-            opt.load_state_dict(opt_state)
+        for part, saved in zip((actor, critic, target_critic, *optimizers),
+                               (state["actor"], state["critic"], state["target_critic"], *state["optimizers"])):
+            part.load_state_dict(saved)
         with torch.no_grad():
             log_alpha.copy_(state["log_alpha"]), log_beta.copy_(state["log_beta"])
         rb.load_state_dict(state["replay_buffer"])
@@ -726,7 +708,8 @@ if __name__ == "__main__":
     stop_signal = []  # SIGTERM, SIGUSR1 (Slurm's preemption and time-limit warning), Ctrl-C: save, then exit
     for signum in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
         signal.signal(signum, lambda signum, frame: stop_signal.append(signum))
-    start_time = last_print = window_time = time.time()
+    start_time = window_time = time.time()
+    last_print = start_time - max(args.progress_seconds - 10.0, 0.0)  # the first progress line comes after 10 s
     window_step, first_update = global_step, max(global_step, args.learning_starts)  # compilation follows first_update
     try:
         while global_step < args.total_timesteps:
@@ -774,15 +757,19 @@ if __name__ == "__main__":
                     writer.add_scalar("charts/learning_rate", actor_optimizer.param_groups[0]["lr"], global_step)
                 if now - last_print >= args.progress_seconds:
                     last_print = now
-                    eta = (args.total_timesteps - global_step) / max(sps, 1e-9)
-                    phase = "warm-up" if global_step < args.learning_starts else "learning"
-                    print(f"step {global_step}/{args.total_timesteps} ({phase})  SPS {sps:.1f}  ETA {eta / 60:.1f} min  "
+                    warm_up = global_step < args.learning_starts  # its SPS says nothing of learning's: no ETA yet
+                    until, end = ("learning starts in", args.learning_starts) if warm_up else ("ETA", args.total_timesteps)
+                    print(f"step {global_step}/{args.total_timesteps} ({'warm-up' if warm_up else 'learning'})  "
+                          f"SPS {sps:.1f}  {until} {(end - global_step) / max(sps, 1e-9) / 60:.1f} min  "
                           f"last return {last_return:.1f}", flush=True)
 
             if global_step >= next_eval or global_step >= args.total_timesteps:
                 next_eval = (global_step // args.eval_frequency + 1) * args.eval_frequency  # a raised total continues it
+                frames = [] if args.capture_video else None
                 returns, lengths = evaluate(actor, critic, eval_envs, action_scale, action_bias,
-                                            args.num_candidates, args.ode_steps, device)
+                                            args.num_candidates, args.ode_steps, device, frames)
+                if frames:  # --capture-video: env 0's episode
+                    imageio.mimwrite(f"videos/{args.run_name}/eval_step{global_step:08d}.mp4", frames, fps=video_fps)
                 writer.add_scalar("eval/episodic_return", returns.mean(), global_step)
                 writer.add_scalar("eval/episodic_length", lengths.mean(), global_step)
                 print(f"step {global_step}: eval return {returns.mean():.1f} +- {returns.std():.1f}", flush=True)

@@ -1,0 +1,114 @@
+"""--capture-video and --track as a user runs them: a real headless MuJoCo render (OSMesa) read back from the
+MP4, one line on stderr for a missing OpenGL back end or a missing wandb, and an offline W&B run that holds the
+synced tensorboard metrics and continues on --resume."""
+import ctypes.util
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+WANDB_PIN = "wandb==0.31.0"  # the version the scripts' install line names
+TINY = ["--learning-starts", "50", "--total-timesteps", "60", "--eval-frequency", "60", "--eval-episodes", "1",
+        "--hidden-dim", "32", "--batch-size", "16", "--num-candidates", "4", "--ode-steps", "2", "--log-frequency", "10",
+        "--no-cuda"]
+
+
+def run(script: str, args: list[str], cwd: Path, **env_changes) -> subprocess.CompletedProcess:
+    """Run a script as a user would; env_changes set (or, given None, remove) environment variables."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    for name, value in env_changes.items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
+    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=600, env=env, check=False)
+
+
+@pytest.fixture(scope="module")
+def osmesa():
+    """The OSMesa library, installed with apt-get (as .ci/run does) where it is missing and we may."""
+    if ctypes.util.find_library("OSMesa") is None and shutil.which("apt-get") and os.geteuid() == 0:
+        subprocess.run("apt-get install -y -qq libosmesa6 || (apt-get update -qq && apt-get install -y -qq libosmesa6)",
+                       shell=True, capture_output=True, check=False)
+    if ctypes.util.find_library("OSMesa") is None:
+        pytest.skip("no OSMesa library for a headless render: apt-get install libosmesa6")
+
+
+@pytest.fixture(scope="module")
+def wandb_installed():
+    """wandb is not a requirement of the scripts: install the pinned version where it is missing."""
+    if importlib.util.find_spec("wandb") is None:
+        pip = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", WANDB_PIN], capture_output=True, text=True)
+        if pip.returncode != 0:
+            pytest.skip(f"wandb is missing and pip cannot install {WANDB_PIN}: {pip.stderr.strip().splitlines()[-1:]}")
+
+
+@pytest.mark.slow
+def test_capture_video_records_the_eval_episode_headless(tmp_path, osmesa):
+    import imageio.v3 as iio
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    proc = run("fmer_continuous.py", ["--env-id", "Hopper-v5", "--run-name", "video", "--capture-video", *TINY], tmp_path,
+               MUJOCO_GL="osmesa")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "videos" / "video").iterdir()) == ["eval_step00000060.mp4"]
+    frames = iio.imread(tmp_path / "videos" / "video" / "eval_step00000060.mp4").astype(np.float32)  # [T, H, W, 3]
+    assert frames.ndim == 4 and frames.shape[-1] == 3 and frames.shape[0] > 5
+    # exactly the evaluation episode of env 0 (one frame before each of its steps)
+    events = EventAccumulator(str(tmp_path / "runs" / "video"))
+    events.Reload()
+    assert frames.shape[0] == events.Scalars("eval/episodic_length")[-1].value
+    assert frames.std(axis=(1, 2, 3)).min() > 10.0  # every frame holds a picture, none is blank
+    assert np.abs(np.diff(frames, axis=0)).mean(axis=(1, 2, 3)).min() > 0.01  # and the hopper moves between them
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", ["fmer_continuous.py", "fmer_kitchen.py"])
+def test_capture_video_without_an_opengl_back_end_is_one_line(tmp_path, script):
+    # GLFW, MuJoCo's default back end, needs a display
+    args = ["--env-id", "Hopper-v5"] if script == "fmer_continuous.py" else []
+    proc = run(script, [*args, "--capture-video", *TINY], tmp_path, MUJOCO_GL="glfw", DISPLAY=None, WAYLAND_DISPLAY=None)
+    assert proc.returncode == 1
+    line = proc.stderr.strip()
+    assert "\n" not in line and "Traceback" not in line, proc.stderr
+    assert line.startswith("error: --capture-video cannot render with MUJOCO_GL=glfw")
+    for advice in ("MUJOCO_GL=egl on a GPU machine", "MUJOCO_GL=osmesa on a CPU one", "apt-get install libosmesa6",
+                   "run without --capture-video"):
+        assert advice in line
+    assert not (tmp_path / "runs").exists()  # it stops before the run starts
+
+
+@pytest.mark.slow
+def test_track_offline_syncs_the_tensorboard_log_and_resumes_the_same_run(tmp_path, wandb_installed):
+    proc = run("fmer_continuous.py", ["--env-id", "Pendulum-v1", "--run-name", "tracked", "--track", *TINY], tmp_path,
+               WANDB_MODE="offline")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (first,) = (tmp_path / "wandb").glob("offline-run-*-tracked")  # the W&B run id is the run name
+    synced = b"".join(p.read_bytes() for p in first.glob("*.wandb"))
+    for tag in (b"eval/episodic_return", b"losses/qf_loss", b"losses/wcfm_loss", b"charts/ess", b"charts/SPS"):
+        assert tag in synced, tag
+    assert b"Pendulum-v1" in synced and b"wandb_project_name" in synced  # config=vars(args)
+    # --track is free on resume (the run does not change); the resumed process logs to the same W&B run id
+    proc = run("fmer_continuous.py", ["--resume", "runs/tracked", "--total-timesteps", "80", "--track"], tmp_path,
+               WANDB_MODE="offline")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = sorted((tmp_path / "wandb").glob("offline-run-*-tracked"))
+    assert len(runs) == 2 and b"eval/episodic_return" in b"".join(p.read_bytes() for p in runs[1].glob("*.wandb"))
+
+
+@pytest.mark.slow
+def test_track_without_wandb_says_how_to_install_it(tmp_path):
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "wandb.py").write_text("raise ModuleNotFoundError(\"No module named 'wandb'\", name='wandb')\n")
+    proc = run("fmer_continuous.py", ["--env-id", "Pendulum-v1", "--track", *TINY], tmp_path, PYTHONPATH=str(shim))
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == f"error: --track needs wandb: pip install {WANDB_PIN}"
+    assert not (tmp_path / "runs").exists()
