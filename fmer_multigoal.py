@@ -33,6 +33,12 @@ class Args:
     """if toggled, `torch.backends.cudnn.deterministic=True`"""
     cuda: bool = True
     """if toggled, cuda will be used when available (falls back to CPU with a note)"""
+    track: bool = False
+    """if toggled, this experiment will be tracked with Weights and Biases (its tensorboard log, synced)"""
+    wandb_project_name: str = "fmer"
+    """the wandb's project name"""
+    wandb_entity: str | None = None
+    """the entity (team) of wandb's project"""
     compile: bool = False
     """torch.compile the update and act functions (ours, as LeanRL; the eager code is the readable one)"""
     cudagraphs: bool = False
@@ -49,18 +55,20 @@ class Args:
     """path of a checkpoint saved with --save-model (used with --eval-only)"""
     eval_only: bool = False
     """evaluate --checkpoint for --eval-episodes episodes and exit (env, width, K and N come from the checkpoint)"""
+    pictures_dir: str | None = None
+    """with --eval-only: also draw the pictures of the checkpoint into this folder"""
     log_frequency: int = 100
     """write the training losses to tensorboard every this many env steps"""
     progress_seconds: float = 30.0
     """print a progress line (step, SPS, ETA, last return) every this many seconds"""
-    plot_frequency: int = 2_000
+    plot_frequency: int = 5_000
     """draw the pictures (PNG in the run folder, and tensorboard images) every this many env steps"""
 
     # Algorithm specific arguments
     max_episode_steps: int = 50
     """time limit of an episode (ours)"""
-    total_timesteps: int = 10_000
-    """total env steps, summed over the vector envs"""
+    total_timesteps: int = 45_000
+    """total env steps, summed over the vector envs (the paper's run converged at 45k, App. C.3)"""
     num_envs: int = 1
     """the number of parallel training envs (a vector step is num_envs env steps)"""
     buffer_size: int = 1_000_000
@@ -71,7 +79,7 @@ class Args:
     """target critic smoothing coefficient (Polyak)"""
     batch_size: int = 256
     """the batch size of states sampled from the replay memory"""
-    learning_starts: int = 1_000
+    learning_starts: int = 10_000
     """env steps of uniform random actions before acting and learning start"""
     updates_per_step: int = 1
     """critic updates per env step (ours: 1, the CleanRL convention)"""
@@ -83,7 +91,7 @@ class Args:
     """actor learning rate at the end of training (ours)"""
     critic_lr: float = 3e-4
     """critic learning rate (ours)"""
-    hidden_dim: int = 64
+    hidden_dim: int = 256
     """width of the 3 hidden Mish layers of the velocity field and of each critic"""
     num_candidates: int = 8
     """K: candidate actions drawn per state (acting, critic target, policy loss)"""
@@ -103,10 +111,10 @@ class Args:
     """target entropy per action dimension (nats, in [-1, 1]^d) at step 0 (ours)"""
     target_entropy_end: float = -1.0
     """target entropy per action dimension at the last step, annealed linearly (ours)"""
-    eval_frequency: int = 1_000
-    """evaluate the best-of-K policy every this many env steps"""
+    eval_frequency: int = 5_000
+    """evaluate every this many env steps: best-of-K and one-sample episodes, and the nearest-goal fraction"""
     eval_episodes: int = 50
-    """the number of evaluation episodes from the start state, run on a separate env (the trajectories of picture (a))"""
+    """evaluation episodes from the start state, run on separate envs, once best-of-K and once with one flow sample per step"""
 
 
 GOALS = np.array([[5.0, 0.0], [-5.0, 0.0], [0.0, 5.0], [0.0, -5.0]])
@@ -385,17 +393,17 @@ def linear_schedule(start: float, end: float, fraction: float) -> float:
 
 
 class ReplayBuffer:
-    """Transitions as tensors on the training device; actions stored in [-1, 1]."""
+    """Transitions as tensors on the training device; actions stored in [-1, 1]. Only filled rows are ever read."""
 
     FIELDS = ("obs", "next_obs", "actions", "rewards", "terminations")
 
     def __init__(self, capacity: int, obs_dim: int, act_dim: int, device: torch.device):
         self.capacity, self.pos, self.size, self.device = capacity, 0, 0, device
-        self.obs = torch.zeros(capacity, obs_dim, device=device)
-        self.next_obs = torch.zeros(capacity, obs_dim, device=device)
-        self.actions = torch.zeros(capacity, act_dim, device=device)
-        self.rewards = torch.zeros(capacity, device=device)
-        self.terminations = torch.zeros(capacity, device=device)
+        self.obs = torch.empty(capacity, obs_dim, device=device)  # empty, not zeros: 1M rows take no time to allocate
+        self.next_obs = torch.empty(capacity, obs_dim, device=device)
+        self.actions = torch.empty(capacity, act_dim, device=device)
+        self.rewards = torch.empty(capacity, device=device)
+        self.terminations = torch.empty(capacity, device=device)
 
     def add(self, obs, next_obs, actions, rewards, terminations):
         idx = ((self.pos + torch.arange(len(obs))) % self.capacity).to(self.device)
@@ -489,7 +497,9 @@ def update_actor(obs, actor, critic, actor_optimizer, log_alpha, alpha_optimizer
 
 def evaluate(actor, critic, envs, action_scale, action_bias, num_candidates, num_steps, device):
     """One episode per env of `envs` with the best-of-K rule; returns (returns, lengths, paths),
-    where paths[i] holds the positions [length + 1, 2] that episode i went through."""
+    where paths[i] holds the positions [length + 1, 2] that episode i went through.
+    num_candidates=1 acts with the policy's own samples, tanh of one latent of the flow; the critic
+    has no say. (At the symmetric start, best-of-K measures the critic's tie-breaking, not the modes.)"""
     obs, _ = envs.reset()
     returns, lengths = [None] * envs.num_envs, [None] * envs.num_envs
     paths = [[o] for o in obs]
@@ -512,9 +522,59 @@ def episodes_per_goal(paths: list[np.ndarray]) -> np.ndarray:
     return (np.linalg.norm(ends[:, None] - GOALS[None], axis=-1) < GOAL_RADIUS).sum(axis=0)
 
 
+def per_goal(paths: list[np.ndarray]) -> str:
+    return "/".join(map(str, episodes_per_goal(paths)))
+
+
 def goals_reached(paths: list[np.ndarray]) -> int:
     """How many distinct goals (0-4) the episodes ended in."""
     return int((episodes_per_goal(paths) > 0).sum())
+
+
+def field_states() -> np.ndarray:
+    """The states of Fig. 3's arrow field: a 13 x 13 grid, step 1, over [-6, 6]^2, less the states
+    within distance 1 of a goal (where an episode has already ended): 165 states [165, 2]."""
+    xs = np.linspace(-6.0, 6.0, 13)
+    states = np.stack(np.meshgrid(xs, xs), axis=-1).reshape(-1, 2)
+    return states[np.linalg.norm(states[:, None] - GOALS[None], axis=-1).min(axis=1) >= GOAL_RADIUS]
+
+
+def points_to_nearest_goal(states: np.ndarray, actions: np.ndarray, max_angle_deg: float = 45.0) -> np.ndarray:
+    """Whether each action [N, 2] points within max_angle_deg of the direction from its state to the
+    nearest goal; where goals tie for nearest (the diagonals, the origin), any of them counts. A zero
+    action points nowhere."""
+    offsets = GOALS[None] - states[:, None]  # [N, 4, 2]
+    distances = np.linalg.norm(offsets, axis=-1)
+    nearest = distances <= distances.min(axis=1, keepdims=True) + 1e-6
+    norms = distances * np.linalg.norm(actions, axis=-1, keepdims=True)
+    cosines = (offsets * actions[:, None]).sum(-1) / np.maximum(norms, 1e-12)
+    return ((cosines >= math.cos(math.radians(max_angle_deg))) & nearest & (norms > 1e-12)).any(axis=1)
+
+
+def nearest_goal_fraction(states: np.ndarray, actions: np.ndarray) -> float:
+    """Fig. 3's claim as a number: the share of states whose action points toward the nearest goal (within 45 deg)."""
+    return float(points_to_nearest_goal(states, actions).mean())
+
+
+def evaluate_modes(actor, critic, eval_envs, sample_envs, action_scale, action_bias, num_candidates, num_steps, device):
+    """The three views of the modes, as a dict: best-of-K episodes (returns, lengths, paths) on
+    eval_envs; one-sample episodes on sample_envs (seeded as eval_envs, so from the same start
+    states); and the best-of-K action on the states of field_states()."""
+    returns, lengths, paths = evaluate(actor, critic, eval_envs, action_scale, action_bias, num_candidates, num_steps, device)
+    sample_returns, _, sample_paths = evaluate(actor, critic, sample_envs, action_scale, action_bias, 1, num_steps, device)
+    states = field_states()
+    obs = torch.as_tensor(states, dtype=torch.float32, device=device)
+    field = best_of_k_actions(actor, critic, obs, num_candidates, num_steps).cpu().numpy()
+    return {"returns": returns, "lengths": lengths, "paths": paths, "sample_returns": sample_returns,
+            "sample_paths": sample_paths, "field_states": states, "field_actions": field}
+
+
+def describe_modes(result: dict) -> str:
+    """One line: goals reached best-of-K and by the policy's samples, and the nearest-goal fraction."""
+    paths, samples = result["paths"], result["sample_paths"]
+    return (f"{goals_reached(paths)} goals reached best-of-K (episodes per goal, right/left/up/down: {per_goal(paths)}), "
+            f"{goals_reached(samples)} by the policy's samples ({per_goal(samples)}), nearest-goal fraction "
+            f"{nearest_goal_fraction(result['field_states'], result['field_actions']):.2f}")
 
 
 # Pictures (Fig. 3, Fig. 7). Each function returns a matplotlib Figure; nothing is shown on screen.
@@ -533,16 +593,15 @@ def draw_landscape(ax) -> None:
     ax.set_aspect("equal")
 
 
-def plot_trajectories(paths: list[np.ndarray], step: int) -> Figure:
+def plot_trajectories(paths: list[np.ndarray], step: int, how: str = "best-of-K") -> Figure:
     """(a) The evaluation episodes from the start state on the reward landscape."""
     fig = Figure(figsize=(5, 5))
     ax = fig.add_subplot()
     draw_landscape(ax)
     for path in paths:
         ax.plot(path[:, 0], path[:, 1], color="white", linewidth=0.8, alpha=0.7)
-    per_goal = "/".join(map(str, episodes_per_goal(paths)))
-    ax.set_title(f"(a) {len(paths)} evaluation episodes, step {step}:\n{goals_reached(paths)} goals reached "
-                 f"(episodes right/left/up/down: {per_goal})", fontsize=10)
+    ax.set_title(f"(a) {len(paths)} evaluation episodes, {how}, step {step}:\n{goals_reached(paths)} goals reached "
+                 f"(episodes right/left/up/down: {per_goal(paths)})", fontsize=10)
     return fig
 
 
@@ -593,27 +652,36 @@ def plot_evolution(snapshots: list) -> Figure:
     return fig
 
 
-@torch.no_grad()
-def plot_arrow_field(actor, critic, num_candidates, num_steps, step, device) -> Figure:
-    """(c) The chosen (best-of-K) action on a grid of states, as in Fig. 3."""
-    xs = np.linspace(-6.0, 6.0, 13)
-    states = np.stack(np.meshgrid(xs, xs), axis=-1).reshape(-1, 2)
-    obs = torch.as_tensor(states, dtype=torch.float32, device=device)
-    actions = best_of_k_actions(actor, critic, obs, num_candidates, num_steps).cpu().numpy()
+def plot_arrow_field(states: np.ndarray, actions: np.ndarray, step: int) -> Figure:
+    """(c) The chosen (best-of-K) action at the states of field_states(), as in Fig. 3: red where it
+    points toward the nearest goal (within 45 deg), white where not."""
     fig = Figure(figsize=(5, 5))
     ax = fig.add_subplot()
     draw_landscape(ax)
-    ax.quiver(states[:, 0], states[:, 1], actions[:, 0], actions[:, 1], color="red", angles="xy",
-              scale_units="xy", scale=1.0, width=0.004)
-    ax.set_title(f"(c) chosen action at each state, step {step}")
+    ok = points_to_nearest_goal(states, actions)
+    ax.quiver(states[:, 0], states[:, 1], actions[:, 0], actions[:, 1], color=np.where(ok, "red", "white"),
+              angles="xy", scale_units="xy", scale=1.0, width=0.004)
+    ax.set_title(f"(c) chosen action at each state, step {step}:\n{ok.mean():.2f} of {len(ok)} states point to "
+                 "the nearest goal", fontsize=10)
     return fig
 
 
-def save_pictures(figures: dict, run_dir: str, writer: SummaryWriter, step: int) -> None:
-    """Each figure as run_dir/{name}_{step}.png and as the tensorboard image images/{name}."""
+def mode_pictures(result: dict, snapshots: list, step: int) -> dict:
+    """The pictures of one evaluate_modes() result and the candidate snapshots so far."""
+    return {"trajectories": plot_trajectories(result["paths"], step),
+            "trajectories_samples": plot_trajectories(result["sample_paths"], step, "one flow sample per step"),
+            "candidates": plot_candidates(snapshots[-1][1], step),
+            "arrow_field": plot_arrow_field(result["field_states"], result["field_actions"], step),
+            "evolution": plot_evolution(snapshots)}
+
+
+def save_pictures(figures: dict, run_dir: str, writer: SummaryWriter | None, step: int) -> None:
+    """Each figure as run_dir/{name}_{step}.png and, with a writer, as the tensorboard image images/{name}."""
+    os.makedirs(run_dir, exist_ok=True)
     for name, fig in figures.items():
         fig.savefig(os.path.join(run_dir, f"{name}_{step:07d}.png"), dpi=90)
-        writer.add_figure(f"images/{name}", fig, step)
+        if writer is not None:
+            writer.add_figure(f"images/{name}", fig, step)
 
 
 def save_atomically(state: dict, path: str) -> bool:
@@ -628,10 +696,10 @@ def save_atomically(state: dict, path: str) -> bool:
     return True
 
 
-def save_checkpoint(path, actor, critic, log_alpha, log_beta, args) -> bool:
+def save_checkpoint(path, actor, critic, log_alpha, log_beta, args, step: int) -> bool:
     """The small model file of --save-model, for evaluation and sharing."""
     return save_atomically({"actor": actor.state_dict(), "critic": critic.state_dict(), "log_alpha": log_alpha.detach(),
-                            "log_beta": log_beta.detach(), "args": vars(args)}, path)
+                            "log_beta": log_beta.detach(), "args": vars(args), "step": step}, path)
 
 
 def load_file(path: str, what: str, keys: set) -> dict:
@@ -652,7 +720,8 @@ def load_file(path: str, what: str, keys: set) -> dict:
 def resumed_args(args: Args, saved: dict) -> Args:
     """The saved run's args. A flag given now that differs from both its default and the saved value
     is an error, except those that do not change the run; --total-timesteps may only rise."""
-    defaults, free = Args(), ("resume", "cuda", "compile", "cudagraphs", "progress_seconds", "total_timesteps")
+    defaults, free = Args(), ("resume", "cuda", "compile", "cudagraphs", "progress_seconds", "total_timesteps",
+                              "track")
     for name, value in vars(args).items():
         if name not in free and value != getattr(defaults, name) and value != saved[name]:
             sys.exit(f"error: --{name.replace('_', '-')} {value} conflicts with the resumed run's {saved[name]}")
@@ -680,6 +749,8 @@ def check_args(args: Args) -> None:
         sys.exit("error: --checkpoint is only read with --eval-only")
     if args.eval_only and args.checkpoint is None:
         sys.exit("error: --eval-only needs --checkpoint PATH")
+    if args.pictures_dir is not None and not args.eval_only:
+        sys.exit("error: --pictures-dir is only used with --eval-only (a training run draws into its run folder)")
 
 
 class CudaGraphFunction:
@@ -759,8 +830,10 @@ if __name__ == "__main__":
     critic = TwinQ(obs_dim, act_dim, args.hidden_dim).to(device)
     log_alpha = torch.tensor(math.log(args.alpha_init), device=device, requires_grad=True)
     log_beta = torch.tensor(math.log(args.beta_init), device=device, requires_grad=True)
-    eval_envs = make_vector_env(args.max_episode_steps, args.eval_episodes, args.seed + 10_000)
-    eval_envs.reset(seed=args.seed + 10_000)  # seeds the eval envs' RNGs once; evaluate() continues them
+    # Seeded alike: best-of-K and one-sample episodes start from the same states. evaluate() continues the RNGs.
+    eval_envs, sample_envs = (make_vector_env(args.max_episode_steps, args.eval_episodes, args.seed + 10_000) for _ in "ab")
+    eval_envs.reset(seed=args.seed + 10_000)
+    sample_envs.reset(seed=args.seed + 10_000)
 
     if checkpoint is not None:
         try:
@@ -768,16 +841,28 @@ if __name__ == "__main__":
             critic.load_state_dict(checkpoint["critic"])
         except RuntimeError as e:
             sys.exit(f"error: {args.checkpoint} does not fit this env: {str(e).splitlines()[0]}")
-        returns, lengths, paths = evaluate(actor, critic, eval_envs, action_scale, action_bias,
-                                           args.num_candidates, args.ode_steps, device)
-        print(f"{args.checkpoint}: {goals_reached(paths)} goals reached, eval return {returns.mean():.2f} +- {returns.std():.2f} "
-              f"over {len(returns)} episodes (mean length {lengths.mean():.0f})")
+        result = evaluate_modes(actor, critic, eval_envs, sample_envs, action_scale, action_bias, args.num_candidates,
+                                args.ode_steps, device)
+        print(f"{args.checkpoint}: eval return {result['returns'].mean():.2f} +- {result['returns'].std():.2f} over "
+              f"{len(result['returns'])} episodes (mean length {result['lengths'].mean():.0f}); {describe_modes(result)}")
+        if args.pictures_dir is not None:
+            step = checkpoint.get("step", 0)  # the training step it was saved at (0: an older checkpoint)
+            snapshot = candidate_snapshot(actor, critic, args.num_candidates, args.ode_steps, 32, device)
+            figures = mode_pictures(result, [(step, snapshot)], step)
+            save_pictures({k: v for k, v in figures.items() if k != "evolution"}, args.pictures_dir, None, step)
         sys.exit(0)
 
     args.run_name = args.run_name or f"MultiGoal__{args.exp_name}__{args.seed}__{int(time.time())}"
     run_dir = os.path.dirname(state_path) if state else f"runs/{args.run_name}"
     if state is None and os.path.exists(f"{run_dir}/state.pt"):
         sys.exit(f"error: {run_dir} already holds a run: continue it with --resume {run_dir}, or choose another --run-name")
+    if args.track:  # W&B mirrors the tensorboard log; a resumed run continues its W&B run
+        try:
+            import wandb
+        except ImportError:
+            sys.exit("error: --track needs wandb: pip install wandb==0.31.0")
+        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True, config=vars(args),
+                   name=args.run_name, id=args.run_name, resume="allow", save_code=True)
     # A resumed run appends to the same log; TensorBoard drops what the stopped run logged after its save
     # (all of it, for a run stopped before its first save). The table is rewritten: --total-timesteps may rise.
     writer = SummaryWriter(run_dir, purge_step=state["counters"][0] + 1 if state else 0)
@@ -832,7 +917,7 @@ if __name__ == "__main__":
                 "metrics": metrics, "obs": torch.as_tensor(obs),
                 "rng": {"python": random.getstate(), "numpy": rng.bit_generator.state, "torch": torch.get_rng_state(),
                         "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []},
-                "env_rngs": env_rng_states(envs), "eval_env_rngs": [e.rng().bit_generator.state for e in eval_envs.envs],
+                "env_rngs": env_rng_states(envs), "eval_env_rngs": [e.rng().bit_generator.state for e in [*eval_envs.envs, *sample_envs.envs]],
                 "counters": (global_step, num_updates, next_log, next_eval, next_checkpoint, last_return, last_saved_step),
                 "plots": (next_plot, last_eval_step, [(step, [torch.from_numpy(a) for a in snap]) for step, snap in snapshots])}
 
@@ -850,7 +935,7 @@ if __name__ == "__main__":
         torch.set_rng_state(state["rng"]["torch"])
         if device.type == "cuda" and state["rng"]["cuda"]:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-        for env, env_rng in zip([*envs.envs, *eval_envs.envs], state["env_rngs"] + state["eval_env_rngs"]):
+        for env, env_rng in zip([*envs.envs, *eval_envs.envs, *sample_envs.envs], state["env_rngs"] + state["eval_env_rngs"]):
             env.rng().bit_generator.state = env_rng
         obs, _ = envs.reset()  # at an episode boundary, the very reset the saved run did
         global_step, num_updates, next_log, next_eval, next_checkpoint, last_return, last_saved_step = state["counters"]
@@ -863,7 +948,8 @@ if __name__ == "__main__":
     stop_signal = []  # SIGTERM, SIGUSR1 (Slurm's preemption and time-limit warning), Ctrl-C: save, then exit
     for signum in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
         signal.signal(signum, lambda signum, frame: stop_signal.append(signum))
-    start_time = last_print = window_time = time.time()
+    start_time = window_time = time.time()
+    last_print = start_time - max(args.progress_seconds - 10.0, 0.0)  # the first progress line comes after 10 s
     window_step, first_update = global_step, max(global_step, args.learning_starts)  # compilation follows first_update
     try:
         while global_step < args.total_timesteps:
@@ -911,54 +997,55 @@ if __name__ == "__main__":
                     writer.add_scalar("charts/learning_rate", actor_optimizer.param_groups[0]["lr"], global_step)
                 if now - last_print >= args.progress_seconds:
                     last_print = now
-                    eta = (args.total_timesteps - global_step) / max(sps, 1e-9)
-                    phase = "warm-up" if global_step < args.learning_starts else "learning"
-                    print(f"step {global_step}/{args.total_timesteps} ({phase})  SPS {sps:.1f}  ETA {eta / 60:.1f} min  "
+                    warm_up = global_step < args.learning_starts  # its SPS says nothing of learning's: no ETA yet
+                    until, end = ("learning starts in", args.learning_starts) if warm_up else ("ETA", args.total_timesteps)
+                    print(f"step {global_step}/{args.total_timesteps} ({'warm-up' if warm_up else 'learning'})  "
+                          f"SPS {sps:.1f}  {until} {(end - global_step) / max(sps, 1e-9) / 60:.1f} min  "
                           f"last return {last_return:.1f}", flush=True)
 
             if global_step >= next_eval or global_step >= args.total_timesteps:
                 next_eval = (global_step // args.eval_frequency + 1) * args.eval_frequency  # a raised total continues it
-                returns, lengths, paths = evaluate(actor, critic, eval_envs, action_scale, action_bias,
-                                                   args.num_candidates, args.ode_steps, device)
+                result = evaluate_modes(actor, critic, eval_envs, sample_envs, action_scale, action_bias,
+                                        args.num_candidates, args.ode_steps, device)
                 last_eval_step = global_step
-                writer.add_scalar("eval/episodic_return", returns.mean(), global_step)
-                writer.add_scalar("eval/episodic_length", lengths.mean(), global_step)
-                writer.add_scalar("eval/goals_reached", goals_reached(paths), global_step)
-                print(f"step {global_step}: eval return {returns.mean():.1f} +- {returns.std():.1f}, "
-                      f"{goals_reached(paths)} goals reached (episodes per goal, right/left/up/down: "
-                      f"{'/'.join(map(str, episodes_per_goal(paths)))})", flush=True)
-                if args.save_model and save_checkpoint(model_path, actor, critic, log_alpha, log_beta, args):
+                writer.add_scalar("eval/episodic_return", result["returns"].mean(), global_step)
+                writer.add_scalar("eval/episodic_length", result["lengths"].mean(), global_step)
+                writer.add_scalar("eval/goals_reached", goals_reached(result["paths"]), global_step)
+                writer.add_scalar("eval/episodic_return_samples", result["sample_returns"].mean(), global_step)
+                writer.add_scalar("eval/goals_reached_samples", goals_reached(result["sample_paths"]), global_step)
+                writer.add_scalar("eval/nearest_goal_fraction",
+                                  nearest_goal_fraction(result["field_states"], result["field_actions"]), global_step)
+                print(f"step {global_step}: eval return {result['returns'].mean():.1f} +- {result['returns'].std():.1f}, "
+                      f"{describe_modes(result)}", flush=True)
+                if args.save_model and save_checkpoint(model_path, actor, critic, log_alpha, log_beta, args, global_step):
                     last_saved_step = global_step
 
             if global_step >= next_plot or global_step >= args.total_timesteps:
                 next_plot = (global_step // args.plot_frequency + 1) * args.plot_frequency
-                if global_step != last_eval_step:  # picture (a) shows the evaluation of this step
-                    _, _, paths = evaluate(actor, critic, eval_envs, action_scale, action_bias, args.num_candidates,
-                                           args.ode_steps, device)
+                if global_step != last_eval_step:  # pictures (a) and (c) show the evaluation of this step
+                    result = evaluate_modes(actor, critic, eval_envs, sample_envs, action_scale, action_bias,
+                                            args.num_candidates, args.ode_steps, device)
                 snapshots.append((global_step, candidate_snapshot(actor, critic, args.num_candidates, args.ode_steps,
                                                                   32, device)))
-                save_pictures({"trajectories": plot_trajectories(paths, global_step),
-                               "candidates": plot_candidates(snapshots[-1][1], global_step),
-                               "arrow_field": plot_arrow_field(actor, critic, args.num_candidates, args.ode_steps,
-                                                               global_step, device),
-                               "evolution": plot_evolution(snapshots)}, run_dir, writer, global_step)
+                save_pictures(mode_pictures(result, snapshots, global_step), run_dir, writer, global_step)
 
             if global_step >= next_checkpoint or stop_signal:
                 next_checkpoint = (global_step // args.checkpoint_frequency + 1) * args.checkpoint_frequency
                 save_atomically(training_state(), state_path)
             if stop_signal:
-                model = args.save_model and save_checkpoint(model_path, actor, critic, log_alpha, log_beta, args)
+                model = args.save_model and save_checkpoint(model_path, actor, critic, log_alpha, log_beta, args, global_step)
                 print(f"{signal.Signals(stop_signal[0]).name} at step {global_step}: state saved to {state_path}"
                       f"{f', model to {model_path}' if model else ''}; continue with --resume {run_dir}", file=sys.stderr)
                 sys.exit(128 + stop_signal[0])
         save_atomically(training_state(), state_path)  # the end: a raised --total-timesteps can continue from here
     except Exception:
-        if args.save_model and save_checkpoint(model_path, actor, critic, log_alpha, log_beta, args):
+        if args.save_model and save_checkpoint(model_path, actor, critic, log_alpha, log_beta, args, global_step):
             print(f"crashed at step {global_step}; model saved to {model_path}", file=sys.stderr)
         raise
     finally:
         envs.close()
         eval_envs.close()
+        sample_envs.close()
         writer.close()
 
     if args.save_model and last_saved_step is not None:

@@ -92,31 +92,144 @@ def test_pictures_draw_headless(tmp_path):
     # each chosen action is one of the candidates of its state
     assert all(any(np.allclose(c, k) for k in snap[0][s]) for s in range(len(mg.PROBE_STATES)) for c in snap[1][s])
     paths = [np.array([[0.0, 0.0], [1.0, 0.0], [4.5, 0.0]])]
+    states = mg.field_states()
     figures = {"trajectories": mg.plot_trajectories(paths, 10), "candidates": mg.plot_candidates(snap, 10),
-               "arrow_field": mg.plot_arrow_field(actor, critic, 8, 3, 10, torch.device("cpu")),
+               "arrow_field": mg.plot_arrow_field(states, nearest_goal_directions(states), 10),
                "evolution": mg.plot_evolution([(0, snap), (5, snap), (10, snap)])}
     for name, fig in figures.items():
         fig.savefig(tmp_path / f"{name}.png")
         assert (tmp_path / f"{name}.png").stat().st_size > 5_000
     assert "1 goals reached (episodes right/left/up/down: 1/0/0/0)" in figures["trajectories"].axes[0].get_title()
+    assert "1.00 of 165 states point to the nearest goal" in figures["arrow_field"].axes[0].get_title()
+
+
+def nearest_goal_directions(states, rotate_deg=0.0):
+    """The oracle of Fig. 3: a unit action toward the (first) nearest goal, optionally rotated."""
+    offsets = mg.GOALS[np.linalg.norm(states[:, None] - mg.GOALS[None], axis=-1).argmin(axis=1)] - states
+    angle = np.arctan2(offsets[:, 1], offsets[:, 0]) + np.radians(rotate_deg)
+    return np.stack([np.cos(angle), np.sin(angle)], axis=1)
+
+
+def test_field_states_are_the_grid_less_the_goal_discs():
+    states = mg.field_states()
+    assert states.shape == (13 * 13 - 4, 2)  # the 4 goal centres are the only grid points within distance 1
+    assert np.linalg.norm(states[:, None] - mg.GOALS[None], axis=-1).min() >= mg.GOAL_RADIUS
+    assert np.abs(states).max() == 6.0 and [0.0, 0.0] in states.tolist()
+
+
+def test_nearest_goal_fraction_oracle_one_goal_and_angle():
+    states = mg.field_states()
+    assert mg.nearest_goal_fraction(states, 0.3 * nearest_goal_directions(states)) == 1.0  # length does not matter
+    assert mg.nearest_goal_fraction(states, nearest_goal_directions(states, 40.0)) == 1.0
+    assert mg.nearest_goal_fraction(states, nearest_goal_directions(states, 60.0)) <= 0.05  # the origin ties 4 ways
+    for goal in mg.GOALS:  # a policy that always heads the same way, as SAC in Fig. 3
+        assert mg.nearest_goal_fraction(states, np.tile(goal / 5.0, (len(states), 1))) < 0.26  # 42 of 165
+    assert not mg.points_to_nearest_goal(states[:1], np.zeros((1, 2)))[0]
+
+
+def test_nearest_goal_ties_accept_either_goal():
+    states = np.array([[2.0, 2.0], [2.0, 2.0], [2.0, 2.0], [0.0, 0.0]])
+    actions = np.array([[1.0, -0.7], [-0.7, 1.0], [1.0, 1.0], [0.0, -1.0]])  # (5, 0), (0, 5), between, (0, -5)
+    assert mg.points_to_nearest_goal(states, actions).tolist() == [True, True, False, True]
+
+
+class PrefersDirection(torch.nn.Module):
+    """A stand-in twin critic whose Q is the action's component along one direction."""
+
+    def __init__(self, direction):
+        super().__init__()
+        self.direction = torch.tensor(direction)
+
+    def forward(self, obs, action):
+        q = (action * self.direction).sum(-1)
+        return torch.stack([q, q])
+
+
+def first_steps(actor, critic, num_candidates):
+    envs = mg.make_vector_env(50, 16, 0)
+    envs.reset(seed=0)
+    torch.manual_seed(0)
+    _, _, paths = mg.evaluate(actor, critic, envs, np.ones(2), np.zeros(2), num_candidates, 3, torch.device("cpu"))
+    return np.array([p[0] for p in paths]), np.array([p[1] - p[0] for p in paths])
+
+
+def test_sample_evaluation_is_one_flow_sample_not_best_of_k():
+    torch.manual_seed(1)
+    actor = mg.VelocityField(2, 2, 16)
+    right, left = PrefersDirection([1.0, 0.0]), PrefersDirection([-1.0, 0.0])
+    # best-of-K follows the critic ...
+    assert first_steps(actor, right, 8)[1][:, 0].mean() > first_steps(actor, left, 8)[1][:, 0].mean() + 0.3
+    # ... the policy's samples do not, and each is tanh of one latent of the flow
+    starts, samples = first_steps(actor, right, 1)
+    np.testing.assert_array_equal(samples, first_steps(actor, left, 1)[1])
+    torch.manual_seed(0)
+    expected = torch.tanh(mg.sample_candidates(actor, torch.as_tensor(starts), 1, 3))[:, 0].numpy()
+    np.testing.assert_allclose(samples, expected, atol=1e-5)
+
+
+def test_evaluate_modes_starts_both_evaluations_alike_and_samples_ignore_the_critic():
+    torch.manual_seed(0)
+    actor, critic = mg.VelocityField(2, 2, 16), PrefersDirection([1.0, 0.0])
+    eval_envs, sample_envs = mg.make_vector_env(5, 32, 7), mg.make_vector_env(5, 32, 7)
+    eval_envs.reset(seed=7)
+    sample_envs.reset(seed=7)
+    result = mg.evaluate_modes(actor, critic, eval_envs, sample_envs, np.ones(2), np.zeros(2), 8, 3, torch.device("cpu"))
+    assert len(result["paths"]) == len(result["sample_paths"]) == 32
+    np.testing.assert_array_equal([p[0] for p in result["paths"]], [p[0] for p in result["sample_paths"]])
+    first_x = [np.mean([p[1, 0] - p[0, 0] for p in result[key]]) for key in ("paths", "sample_paths")]
+    assert first_x[0] > first_x[1] + 0.3  # best of 8 by a critic that likes +x; one sample does not
+    assert (result["field_actions"][:, 0] > 0.0).mean() > 0.9
+    assert result["field_actions"].shape == (165, 2)
+    line = mg.describe_modes(result)
+    assert "goals reached best-of-K" in line and "by the policy's samples" in line and "nearest-goal fraction" in line
 
 
 @pytest.mark.slow
 def test_smoke_run_writes_pictures_and_goal_metric(tmp_path):
     args = ["--total-timesteps", "240", "--learning-starts", "200", "--eval-frequency", "120", "--plot-frequency", "120",
-            "--eval-episodes", "6", "--hidden-dim", "32", "--batch-size", "32", "--log-frequency", "20"]
+            "--eval-episodes", "6", "--hidden-dim", "32", "--batch-size", "32", "--log-frequency", "20", "--save-model"]
     proc = subprocess.run([sys.executable, str(ROOT / "fmer_multigoal.py"), *args], cwd=tmp_path, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run_dir,) = (tmp_path / "runs").iterdir()
     pngs = sorted(p.name for p in run_dir.glob("*.png"))
-    for name in ("trajectories", "candidates", "arrow_field", "evolution"):
+    for name in ("trajectories", "trajectories_samples", "candidates", "arrow_field", "evolution"):
         # a picture before learning (step 120) and one at the end (240)
         assert f"{name}_0000240.png" in pngs and f"{name}_0000120.png" in pngs, pngs
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     acc = EventAccumulator(str(run_dir), size_guidance={"images": 0}).Reload()
-    goals = acc.Scalars("eval/goals_reached")
-    assert [e.step for e in goals] == [120, 240] and all(0 <= e.value <= 4 for e in goals)
-    assert {"images/trajectories", "images/candidates", "images/arrow_field", "images/evolution"} <= set(acc.Tags()["images"])
-    assert "goals reached" in proc.stdout
+    for tag in ("eval/goals_reached", "eval/goals_reached_samples"):
+        goals = acc.Scalars(tag)
+        assert [e.step for e in goals] == [120, 240] and all(0 <= e.value <= 4 for e in goals)
+    fractions = acc.Scalars("eval/nearest_goal_fraction")
+    assert [e.step for e in fractions] == [120, 240] and all(0.0 <= e.value <= 1.0 for e in fractions)
+    assert {"images/trajectories", "images/trajectories_samples", "images/candidates", "images/arrow_field",
+            "images/evolution"} <= set(acc.Tags()["images"])
+    assert "goals reached best-of-K" in proc.stdout and "nearest-goal fraction" in proc.stdout
+
+    # --eval-only prints the three numbers of the saved checkpoint and draws its pictures
+    (checkpoint,) = run_dir.glob("*.fmer_model")
+    proc = subprocess.run([sys.executable, str(ROOT / "fmer_multigoal.py"), "--eval-only", "--checkpoint", str(checkpoint),
+                           "--eval-episodes", "4", "--pictures-dir", "pics"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "goals reached best-of-K" in proc.stdout and "by the policy's samples" in proc.stdout
+    assert "nearest-goal fraction" in proc.stdout
+    assert sorted(p.name for p in (tmp_path / "pics").glob("*.png")) == [
+        f"{name}_0000240.png" for name in ("arrow_field", "candidates", "trajectories", "trajectories_samples")]
+
+
+@pytest.mark.slow
+def test_same_seed_same_run_on_cpu(tmp_path):
+    """Both evaluations draw from the torch RNG that training uses: the same seed must still give the same run."""
+    args = ["--total-timesteps", "230", "--learning-starts", "200", "--eval-frequency", "115", "--plot-frequency", "1000",
+            "--eval-episodes", "4", "--hidden-dim", "16", "--batch-size", "16", "--no-cuda", "--seed", "3"]
+    lines = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        proc = subprocess.run([sys.executable, str(ROOT / "fmer_multigoal.py"), *args], cwd=tmp_path / name,
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        lines.append([line for line in proc.stdout.splitlines() if ": eval return" in line])
+    assert len(lines[0]) == 2 and lines[0] == lines[1]
