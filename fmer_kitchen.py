@@ -1,8 +1,8 @@
 # FMER: "Flow Matching Policy Optimization with Mirror Descent and Entropy Constraints" (2026)
 # FrankaKitchen-v1 (sparse, multi-task; paper Sec. 5.2, Table 2): a sibling copy of fmer_continuous.py
-import copy
 # that differs from it only in what the kitchen needs (task sets, observation, completion metrics).
 import contextlib
+import copy
 import io
 import math
 import os
@@ -56,11 +56,11 @@ class Args:
     save_model: bool = False
     """save a checkpoint at every evaluation, at the end, and on Ctrl-C or a crash"""
     run_name: str | None = None
-    """the run's folder under runs/ (default {env_id}__{exp_name}__{seed}__{unix time}); a fixed name lets --resume auto find it"""
+    """the run's folder under runs/ (default: {env_id}__{exp_name}__{seed}__{unix time}); --resume auto finds it by name"""
     resume: str | None = None
-    """continue a run exactly: its folder or state file, or `auto` with --run-name (resume runs/NAME if it holds a state, else start it)"""
+    """continue a run exactly: its folder or state.pt, or `auto` with --run-name (resume runs/NAME if saved, else start it)"""
     checkpoint_frequency: int = 100_000
-    """write the full training state to runs/NAME/state.pt every this many env steps, at the end, and on SIGTERM, SIGUSR1 and Ctrl-C"""
+    """save the full training state (runs/NAME/state.pt) every this many env steps, at the end, on SIGTERM/SIGUSR1/Ctrl-C"""
     checkpoint: str | None = None
     """path of a checkpoint saved with --save-model (used with --eval-only)"""
     eval_only: bool = False
@@ -290,7 +290,7 @@ def score_candidates(critic: TwinQ, obs: torch.Tensor, actions: torch.Tensor) ->
 
 
 @torch.no_grad()
-def best_of_k_actions(velocity: VelocityField, critic: TwinQ, obs: torch.Tensor, num_candidates: int, num_steps: int) -> torch.Tensor:
+def best_of_k_actions(velocity: VelocityField, critic: TwinQ, obs: torch.Tensor, num_candidates: int, num_steps: int):
     """Sec. 4.4: act with the candidate of highest min(Q1, Q2). Returns actions in [-1, 1]."""
     actions = torch.tanh(sample_candidates(velocity, obs, num_candidates, num_steps))
     best = score_candidates(critic, obs, actions).argmax(dim=1)
@@ -337,7 +337,8 @@ def tanh_gaussian_entropy_per_dim() -> float:
 H_A0_PER_DIM = tanh_gaussian_entropy_per_dim()
 
 
-def flow_losses(velocity: VelocityField, obs: torch.Tensor, u: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def flow_losses(velocity: VelocityField, obs: torch.Tensor, u: torch.Tensor,
+                weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """WCFM loss (Eq. 11) and the absolute action-space entropy estimate H_hat (Eq. 15-17), from
     one forward pass on the OT path x_t = (1 - t) x0 + t u_i through the K candidates of each state."""
     t = torch.rand(*u.shape[:-1], 1, device=u.device)

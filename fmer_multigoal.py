@@ -19,7 +19,6 @@ from matplotlib.figure import Figure  # the object API: no pyplot, no display, h
 from matplotlib.patches import Circle
 from torch.utils.tensorboard import SummaryWriter
 
-
 SCRIPT = os.path.basename(__file__)
 
 
@@ -46,11 +45,11 @@ class Args:
     save_model: bool = False
     """save a checkpoint at every evaluation, at the end, and on Ctrl-C or a crash"""
     run_name: str | None = None
-    """the run's folder under runs/ (default {env_id}__{exp_name}__{seed}__{unix time}); a fixed name lets --resume auto find it"""
+    """the run's folder under runs/ (default: {env_id}__{exp_name}__{seed}__{unix time}); --resume auto finds it by name"""
     resume: str | None = None
-    """continue a run exactly: its folder or state file, or `auto` with --run-name (resume runs/NAME if it holds a state, else start it)"""
+    """continue a run exactly: its folder or state.pt, or `auto` with --run-name (resume runs/NAME if saved, else start it)"""
     checkpoint_frequency: int = 10_000
-    """write the full training state to runs/NAME/state.pt every this many env steps, at the end, and on SIGTERM, SIGUSR1 and Ctrl-C"""
+    """save the full training state (runs/NAME/state.pt) every this many env steps, at the end, on SIGTERM/SIGUSR1/Ctrl-C"""
     checkpoint: str | None = None
     """path of a checkpoint saved with --save-model (used with --eval-only)"""
     eval_only: bool = False
@@ -165,11 +164,6 @@ class RememberResetRNG(gym.Wrapper):
     def step(self, action):
         self.rng_state = None
         return super().step(action)
-
-
-def env_rng_states(envs: gym.vector.SyncVectorEnv) -> list[dict]:
-    """What each env's RNG must be set to before envs.reset() to continue the run (see RememberResetRNG)."""
-    return [env.rng_state or env.rng().bit_generator.state for env in envs.envs]
 
 
 def make_env(max_episode_steps: int, seed: int):
@@ -305,7 +299,7 @@ def score_candidates(critic: TwinQ, obs: torch.Tensor, actions: torch.Tensor) ->
 
 
 @torch.no_grad()
-def best_of_k_actions(velocity: VelocityField, critic: TwinQ, obs: torch.Tensor, num_candidates: int, num_steps: int) -> torch.Tensor:
+def best_of_k_actions(velocity: VelocityField, critic: TwinQ, obs: torch.Tensor, num_candidates: int, num_steps: int):
     """Sec. 4.4: act with the candidate of highest min(Q1, Q2). Returns actions in [-1, 1]."""
     actions = torch.tanh(sample_candidates(velocity, obs, num_candidates, num_steps))
     best = score_candidates(critic, obs, actions).argmax(dim=1)
@@ -358,7 +352,8 @@ def tanh_gaussian_entropy_per_dim() -> float:
 H_A0_PER_DIM = tanh_gaussian_entropy_per_dim()
 
 
-def flow_losses(velocity: VelocityField, obs: torch.Tensor, u: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def flow_losses(velocity: VelocityField, obs: torch.Tensor, u: torch.Tensor,
+                weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """WCFM loss (Eq. 11) and the absolute action-space entropy estimate H_hat (Eq. 15-17), from
     one forward pass on the OT path x_t = (1 - t) x0 + t u_i through the K candidates of each state."""
     t = torch.rand(*u.shape[:-1], 1, device=u.device)
@@ -917,9 +912,10 @@ if __name__ == "__main__":
                 "metrics": metrics, "obs": torch.as_tensor(obs),
                 "rng": {"python": random.getstate(), "numpy": rng.bit_generator.state, "torch": torch.get_rng_state(),
                         "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []},
-                "env_rngs": env_rng_states(envs), "eval_env_rngs": [e.rng().bit_generator.state for e in [*eval_envs.envs, *sample_envs.envs]],
+                "env_rngs": [env.rng_state or env.rng().bit_generator.state for env in envs.envs],  # see RememberResetRNG
+                "eval_env_rngs": [env.rng().bit_generator.state for env in [*eval_envs.envs, *sample_envs.envs]],
                 "counters": (global_step, num_updates, next_log, next_eval, next_checkpoint, last_return, last_saved_step),
-                "plots": (next_plot, last_eval_step, [(step, [torch.from_numpy(a) for a in snap]) for step, snap in snapshots])}
+                "plots": (next_plot, last_eval_step, [(s, [torch.from_numpy(a) for a in p]) for s, p in snapshots])}
 
     if state is not None:  # continue where the saved run stopped
         for module, name in ((actor, "actor"), (critic, "critic"), (target_critic, "target_critic")):
