@@ -34,19 +34,55 @@ HOPPER_WALKER = ("Hopper-v5", "Walker2d-v5")
 # A plan lists (script, env ids, Kitchen task counts, the script's own flags); the grid crosses
 # each with the seeds.
 Plan = list[tuple[str, tuple[str, ...], tuple[int, ...], tuple[str, ...]]]
-# Each ablation on the envs the paper reports it on (FMER_SPEC section 9). The paper's text does
-# not name the env of Fig. 2, 5 and 6: there we use Hopper and Walker2d (ours). The solver
-# variants get their own exp_name, so that summarize.py keeps them apart.
+# Each ablation on the envs the paper reports it on (FMER_SPEC section 9), with the settings of its
+# table's rows. The paper's text does not name the env of Fig. 2, 5 and 6: there we use Hopper and
+# Walker2d (ours). Every setting other than a script's default gets its own exp_name, so that
+# summarize.py keeps it apart. The rows at the parent's defaults (K = 8, N = 10, Euler) are the
+# mujoco and kitchen presets' runs, not repeated here.
+#
+# Fig. 5 switches alpha off at the start and late; the late step is lost from the text. Ours: 700k
+# of 1M, late enough that exploration is established (the paper's reading of the late curve), early
+# enough that 200k steps without the constraint pass before the last-10% window the metric reads.
+ENTROPY_OFF_LATE = 700_000
+# Table 12's three fixed betas are lost from the text. Ours bracket the adaptive beta (losses/beta)
+# of fmer_continuous.py at its defaults, measured on short CPU runs, 1 torch thread:
+#   Hopper-v5, seed 1: --total-timesteps 4000 --learning-starts 1000 --eval-frequency 1000
+#     --eval-episodes 3 --log-frequency 100 (2026-11-30): 0.008 at its lowest (step 1200, as learning
+#     starts), then 0.039-0.081 over steps 2000-4000 (median 0.061), rising with the critic's mean Q
+#     (6 -> 26), with the ESS at its target of 4 (mean 3.97);
+#   Pendulum-v1, seeds 1 and 2: the README's CPU sweep (benchmark/results/runs-cpu-2026-11-22,
+#     4000 steps): 0.003-0.004 at the lowest, then 0.029-0.108 over steps 2000-4000 (medians 0.050, 0.037).
+# So: 0.005 below all of it but the first updates (sharper weights), 0.05 at the measured scale, and
+# 0.5 a decade above (flatter), where the growing Q values of a 1M-step run push the adaptive beta.
+# Kitchen gets the same three (Table 12 has one row per value): its short CPU run saw no reward,
+# so its beta only fell to the clamp and measures nothing.
+FIXED_BETAS = (0.005, 0.05, 0.5)
+TABLE_13_K = (4, 16, 32)  # candidate counts besides the default 8
+TABLE_14_N = (5, 20, 50)  # Euler steps besides the default 10
 ABLATIONS: Plan = [
-    ("ablations/fmer_no_entropy.py", HOPPER_WALKER, (), ()),  # Fig. 5 (alpha = 0 from the start)
+    ("ablations/fmer_no_entropy.py", HOPPER_WALKER, (), ()),  # Fig. 5: alpha = 0 from the start
+    ("ablations/fmer_no_entropy.py", HOPPER_WALKER, (),  # Fig. 5: alpha = 0 late
+     ("--entropy-off-step", str(ENTROPY_OFF_LATE), "--exp-name", f"fmer_no_entropy_off{ENTROPY_OFF_LATE // 1000}k")),
     ("ablations/fmer_uniform_weights.py", HOPPER_WALKER, (), ()),  # Fig. 6
     ("ablations/fmer_clip.py", MUJOCO_ENVS, (), ()),  # App. D.1, Table 10
     ("ablations/fmer_exact_divergence.py", ("Walker2d-v5",), (), ()),  # App. D.2, Table 11
-    ("ablations/fmer_fixed_beta.py", MUJOCO_ENVS, (), ()),  # App. D.3, Table 12 (MuJoCo half)
+    *[("ablations/fmer_fixed_beta.py", MUJOCO_ENVS, (), ("--beta", str(beta), "--exp-name", f"fmer_fixed_beta_{beta}"))
+      for beta in FIXED_BETAS],  # App. D.3, Table 12, MuJoCo half
+    *[("ablations/fmer_kitchen_fixed_beta.py", (), KITCHEN_TASKS,
+       ("--beta", str(beta), "--exp-name", f"fmer_kitchen_fixed_beta_{beta}")) for beta in FIXED_BETAS],  # ... Kitchen half
     ("ablations/fmer_top1.py", HOPPER_WALKER, (), ()),  # Fig. 2
-    *[("ablations/fmer_ode_solver.py", ("Walker2d-v5",), (),
-       ("--solver", solver, "--exp-name", f"fmer_ode_solver_{solver}"))
-      for solver in ("midpoint", "rk4")],  # App. D.5, Table 15 (euler is the parent)
+    # App. D.5, Table 15: RK2 and RK4 at 10 steps, RK2 at 5, RK4 at 2 (Euler at 10 is the parent)
+    *[("ablations/fmer_ode_solver.py", ("Walker2d-v5",), (), ("--solver", solver, "--ode-steps", str(steps), "--exp-name",
+                                                             f"fmer_ode_solver_{solver}" + ("" if steps == 10 else f"_N{steps}")))
+      for solver, steps in (("midpoint", 10), ("rk4", 10), ("midpoint", 5), ("rk4", 2))],
+    # App. D.4, Table 13: candidate count K on Walker2d, Humanoid and Kitchen N = 2, 7
+    *[("fmer_continuous.py", ("Walker2d-v5", "Humanoid-v5"), (), ("--num-candidates", str(k), "--exp-name",
+                                                                  f"fmer_continuous_K{k}")) for k in TABLE_13_K],
+    *[("fmer_kitchen.py", (), (2, 7), ("--num-candidates", str(k), "--exp-name", f"fmer_kitchen_K{k}"))
+      for k in TABLE_13_K],
+    # App. D.5, Table 14: Euler steps N on Walker2d
+    *[("fmer_continuous.py", ("Walker2d-v5",), (), ("--ode-steps", str(n), "--exp-name", f"fmer_continuous_N{n}"))
+      for n in TABLE_14_N],
 ]
 # The flags a grid sets per run; as pass-through flags they would clash with it.
 GRID_FLAGS = ("--seed", "--env-id", "--num-tasks")

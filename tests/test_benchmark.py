@@ -153,13 +153,58 @@ def test_dry_run_presets():
     ablations = dry_run("--preset", "ablations", "--seeds", "1")
     scripts = {line.split()[1] for line in ablations}
     assert scripts == {f"ablations/fmer_{name}.py" for name in
-                       ("no_entropy", "uniform_weights", "clip", "exact_divergence", "fixed_beta", "top1", "ode_solver")}
+                       ("no_entropy", "uniform_weights", "clip", "exact_divergence", "fixed_beta", "top1", "ode_solver",
+                        "kitchen_fixed_beta")} | {"fmer_continuous.py", "fmer_kitchen.py"}  # Tables 13-14: flags
     assert sum("fmer_clip.py" in line for line in ablations) == 4  # Table 10: all four MuJoCo envs
     assert [line for line in ablations if "exact_divergence" in line] == \
         ["python ablations/fmer_exact_divergence.py --env-id Walker2d-v5 --seed 1"]  # Table 11
-    assert ("python ablations/fmer_ode_solver.py --env-id Walker2d-v5 --solver rk4 --exp-name fmer_ode_solver_rk4"
-            " --seed 1") in ablations
-    assert len(ablations) == 17 and len(dry_run("--preset", "ablations")) == 85
+    assert len(ablations) == 56 and len(dry_run("--preset", "ablations")) == 280
+
+
+def test_dry_run_ablation_grid_has_the_rows_of_the_papers_tables():
+    lines = set(dry_run("--preset", "ablations", "--seeds", "1"))
+    parent_runs = set(dry_run("--preset", "mujoco", "--seeds", "1")) | set(dry_run("--preset", "kitchen", "--seeds", "1"))
+
+    def runs(command):
+        return f"python {command} --seed 1" in lines
+
+    # Fig. 5: alpha off from the start, and late (ours: the step is lost), before the last-10% window
+    late = bench_run.ENTROPY_OFF_LATE
+    assert 500_000 <= late < 900_000
+    for env in ("Hopper-v5", "Walker2d-v5"):
+        assert runs(f"ablations/fmer_no_entropy.py --env-id {env}")
+        assert runs(f"ablations/fmer_no_entropy.py --env-id {env} --entropy-off-step {late} "
+                    f"--exp-name fmer_no_entropy_off{late // 1000}k")
+    # Table 12: three fixed betas (ours: the values are lost) on the MuJoCo envs and Kitchen N = 1, 2, 4, 7,
+    # below, inside and above the adaptive beta measured on short runs (0.008, then 0.029-0.108: run.py)
+    low, mid, high = bench_run.FIXED_BETAS
+    assert low < 0.008 and 0.029 <= mid <= 0.108 and high > 0.108
+    for beta in bench_run.FIXED_BETAS:
+        for env in MUJOCO:
+            assert runs(f"ablations/fmer_fixed_beta.py --env-id {env} --beta {beta} --exp-name fmer_fixed_beta_{beta}")
+        for n in (1, 2, 4, 7):
+            assert runs(f"ablations/fmer_kitchen_fixed_beta.py --num-tasks {n} --beta {beta} "
+                        f"--exp-name fmer_kitchen_fixed_beta_{beta}")
+    # Table 15: Euler 10 (the parent's run), RK2 10, RK4 10, RK2 5, RK4 2 on Walker2d
+    assert "python fmer_continuous.py --env-id Walker2d-v5 --seed 1" in parent_runs
+    for solver, steps, exp_name in (("midpoint", 10, "fmer_ode_solver_midpoint"), ("rk4", 10, "fmer_ode_solver_rk4"),
+                                    ("midpoint", 5, "fmer_ode_solver_midpoint_N5"), ("rk4", 2, "fmer_ode_solver_rk4_N2")):
+        assert runs(f"ablations/fmer_ode_solver.py --env-id Walker2d-v5 --solver {solver} --ode-steps {steps} "
+                    f"--exp-name {exp_name}")
+    # Table 13: K = 4, 8 (the parent's runs), 16, 32 on Walker2d, Humanoid, Kitchen N = 2 and 7
+    for env in ("Walker2d-v5", "Humanoid-v5"):
+        assert f"python fmer_continuous.py --env-id {env} --seed 1" in parent_runs
+        for k in (4, 16, 32):
+            assert runs(f"fmer_continuous.py --env-id {env} --num-candidates {k} --exp-name fmer_continuous_K{k}")
+    for n in (2, 7):
+        assert f"python fmer_kitchen.py --num-tasks {n} --seed 1" in parent_runs
+        for k in (4, 16, 32):
+            assert runs(f"fmer_kitchen.py --num-tasks {n} --num-candidates {k} --exp-name fmer_kitchen_K{k}")
+    # Table 14: N = 5, 10 (the parent's run), 20, 50 Euler steps on Walker2d
+    for n in (5, 20, 50):
+        assert runs(f"fmer_continuous.py --env-id Walker2d-v5 --ode-steps {n} --exp-name fmer_continuous_N{n}")
+    # the parent's settings are not run again under another name
+    assert not any("--num-candidates 8 " in line or "--ode-steps 10 --exp-name fmer_continuous" in line for line in lines)
 
 
 def test_dry_run_grid_passes_unknown_flags_on():
