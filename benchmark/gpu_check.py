@@ -13,7 +13,7 @@ Parts (--parts, comma-separated, or all):
   seeds      1, 4 (--full: 1, 2, 4, 8) fmer_continuous.py processes side by side on the one GPU
              (Humanoid-v5, compile+cudagraphs): per-run and aggregate SPS
   learn      a short Hopper-v5 learning run in the fastest mode, with its evaluation returns
-  multigoal  fmer_multigoal.py at the paper's width, 3 x 256 (opt-in)
+  multigoal  fmer_multigoal.py at the paper's width, 3 x 256 (opt-in; --full: the paper's protocol, 45k steps)
   mps        the seeds part again under CUDA MPS, started and stopped by the check (opt-in)
 
 Every part has a wall-time budget (--budget PART=SECONDS overrides it); a part that runs out is cut,
@@ -86,8 +86,8 @@ PROFILES = {
                   "window": 60, "extra": []},
         "learn": {"cap": 600, "env": "Hopper-v5", "total": 100_000, "learning_starts": 10_000, "eval_every": 10_000,
                   "eval_episodes": 10, "burn_in": 500, "extra": []},
-        "multigoal": {"cap": 600, "total": 30_000, "learning_starts": 1000, "burn_in": 200,
-                      "extra": ["--hidden-dim", "256", "--plot-frequency", "10000"]},
+        "multigoal": {"cap": 600, "total": 45_000, "learning_starts": 10_000, "burn_in": 200,  # the paper's protocol
+                      "extra": ["--hidden-dim", "256", "--plot-frequency", "15000"]},
         "mps": {"cap": 600, "env": "Humanoid-v5", "counts": [2, 4, 8], "learning_starts": 2000, "burn_in": 500,
                 "window": 60, "extra": []},
     },
