@@ -72,8 +72,9 @@ ABLATIONS: Plan = [
        ("--beta", str(beta), "--exp-name", f"fmer_kitchen_fixed_beta_{beta}")) for beta in FIXED_BETAS],  # ... Kitchen half
     ("ablations/fmer_top1.py", HOPPER_WALKER, (), ()),  # Fig. 2
     # App. D.5, Table 15: RK2 and RK4 at 10 steps, RK2 at 5, RK4 at 2 (Euler at 10 is the parent)
-    *[("ablations/fmer_ode_solver.py", ("Walker2d-v5",), (), ("--solver", solver, "--ode-steps", str(steps), "--exp-name",
-                                                             f"fmer_ode_solver_{solver}" + ("" if steps == 10 else f"_N{steps}")))
+    *[("ablations/fmer_ode_solver.py", ("Walker2d-v5",), (),
+       ("--solver", solver, "--ode-steps", str(steps),
+        "--exp-name", f"fmer_ode_solver_{solver}" + ("" if steps == 10 else f"_N{steps}")))
       for solver, steps in (("midpoint", 10), ("rk4", 10), ("midpoint", 5), ("rk4", 2))],
     # App. D.4, Table 13: candidate count K on Walker2d, Humanoid and Kitchen N = 2, 7
     *[("fmer_continuous.py", ("Walker2d-v5", "Humanoid-v5"), (), ("--num-candidates", str(k), "--exp-name",
