@@ -617,7 +617,7 @@ if __name__ == "__main__":
         sys.exit(0)
 
     args.run_name = args.run_name or f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    run_dir = os.path.dirname(state_path) if state else f"runs/{args.run_name}"
+    run_dir = (os.path.dirname(state_path) or ".") if state else f"runs/{args.run_name}"
     if state is None and os.path.exists(f"{run_dir}/state.pt"):
         sys.exit(f"error: {run_dir} already holds a run: continue it with --resume {run_dir}, or choose another --run-name")
     if args.capture_video:  # render once now: a missing OpenGL back end fails here, not at the first evaluation
