@@ -114,7 +114,7 @@ NEEDED = {"numpy": "numpy", "gymnasium": "gymnasium", "mujoco": "mujoco", "tyro"
 NEEDED_BY_PART = {"tests": {"pytest": "pytest"}, "multigoal": {"matplotlib": "matplotlib"}}
 NEEDED_FULL_TESTS = {"gymnasium_robotics": "gymnasium-robotics", "matplotlib": "matplotlib"}
 
-PROGRESS = re.compile(r"^step (\d+)/\d+\s+SPS")
+PROGRESS = re.compile(r"^step (\d+)/\d+(?: \([\w-]+\))?\s+SPS")  # "step 1200/1000000 (learning)  SPS ..."
 EVAL = re.compile(r"^step (\d+): eval return (\S+) \+- ([^\s,]+),?\s*(.*)$")
 GOALS = re.compile(r"(\d+) goals reached")
 ERROR = re.compile(r"^(error: |[\w.]*(Error|Exception|Failed)\b.*:)")  # "error: ..." or "RuntimeError: ..."
