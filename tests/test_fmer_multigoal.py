@@ -233,3 +233,28 @@ def test_same_seed_same_run_on_cpu(tmp_path):
         assert proc.returncode == 0, proc.stderr[-3000:]
         lines.append([line for line in proc.stdout.splitlines() if ": eval return" in line])
     assert len(lines[0]) == 2 and lines[0] == lines[1]
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_committed_45k_checkpoints_keep_four_modes_at_the_start(seed):
+    """The result of docs/multigoal_modes.md, held to the code: the 45k checkpoints (width 64, the
+    paper's warm-up and budget) sample all four goal directions at the origin (11-39% each when
+    measured) and point to the nearest goal from the grid states (1.00). A change to the sampler,
+    the tanh squash or best-of-K that loses either fails here."""
+    path = ROOT / "docs" / "multigoal" / f"paperbudget_w64_seed{seed}_45k.fmer_model"
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    a = checkpoint["args"]
+    actor, critic = mg.VelocityField(2, 2, a["hidden_dim"]), mg.TwinQ(2, 2, a["hidden_dim"])
+    actor.load_state_dict(checkpoint["actor"])
+    critic.load_state_dict(checkpoint["critic"])
+    torch.manual_seed(0)
+    with torch.no_grad():
+        samples = torch.tanh(mg.sample_candidates(actor, torch.zeros(1, 2), 2000, a["ode_steps"]))[0].numpy()
+    directions = mg.GOALS / np.linalg.norm(mg.GOALS, axis=1, keepdims=True)
+    cosines = samples @ directions.T / np.maximum(np.linalg.norm(samples, axis=1, keepdims=True), 1e-12)
+    shares = (cosines >= np.cos(np.radians(45.0))).mean(axis=0)
+    assert (shares > 0.08).all(), shares
+    states = mg.field_states()
+    actions = mg.best_of_k_actions(actor, critic, torch.as_tensor(states, dtype=torch.float32), a["num_candidates"],
+                                   a["ode_steps"]).numpy()
+    assert mg.nearest_goal_fraction(states, actions) >= 0.98
