@@ -149,10 +149,8 @@ class MultiGoalEnv(gym.Env):
 
 
 class RememberResetRNG(gym.Wrapper):
-    """Keeps the env's RNG state from just before its latest reset, or None once the episode has
-    taken a step. A run saved at an episode boundary stores it, and the resumed run redoes that
-    reset exactly. The physics state of an episode cut midway is not saved: its env stores its
-    current RNG state, and the resumed run starts a new episode there (no transition spans the cut)."""
+    """Keeps the env's RNG state from just before its latest reset (None once the episode has taken a step): a resumed
+    run redoes that reset exactly. The physics of an episode cut midway is not saved; the resumed run starts a new one."""
 
     def rng(self) -> np.random.Generator:
         return self.unwrapped.np_random
@@ -178,21 +176,14 @@ def make_env(max_episode_steps: int, seed: int):
 
 
 def make_vector_env(max_episode_steps: int, num_envs: int, seed: int) -> gym.vector.SyncVectorEnv:
-    # SAME_STEP autoreset: an episode's true last observation comes back in infos["final_obs"]
-    # on the step that ends it, and the next observation is already the reset one, so no
-    # transition ever spans two episodes.
-    return gym.vector.SyncVectorEnv(
-        [make_env(max_episode_steps, seed + i) for i in range(num_envs)],
-        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
-    )
+    # SAME_STEP autoreset: the next observation of an ended episode is the reset one, its true last one is in infos.
+    return gym.vector.SyncVectorEnv([make_env(max_episode_steps, seed + i) for i in range(num_envs)],
+                                    autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
 
 
 def mish_with_derivative(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mish, x * tanh(softplus(x)), and its derivative, which the divergence needs (Eq. 15-16).
-
-    Written with a single exp, tanh(log(1 + e^x)) = n / (n + 2) with n = e^x (e^x + 2): equal to
-    F.mish to float32 rounding, and a form torch.compile fuses into one pass over memory.
-    """
+    """Mish, x * tanh(softplus(x)), and its derivative, which the divergence needs (Eq. 15-16), with one exp:
+    tanh(log(1 + e^x)) = n / (n + 2), n = e^x (e^x + 2); F.mish to float32 rounding, fused by torch.compile."""
     e = torch.exp(x.clamp(max=20.0))  # past 20, n / (n + 2) is 1 in float32
     n = e * (e + 2.0)
     tanh_softplus = n / (n + 2.0)
@@ -200,18 +191,14 @@ def mish_with_derivative(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def mish(x: torch.Tensor) -> torch.Tensor:
-    # Eager: F.mish's single kernel. Compiled: the one-exp form, which fuses (6x faster than the
-    # compiler's own expansion of F.mish on CPU); the unused derivative is dropped.
+    # Eager: F.mish's one kernel. Compiled: the one-exp form, 6x faster on CPU than the compiler's F.mish.
     return mish_with_derivative(x)[0] if torch.compiler.is_compiling() else F.mish(x)
 
 
 class VelocityField(nn.Module):
-    """v_theta(x, t, s): the flow's velocity in the latent space (Sec. 4.1), an MLP on [s, x, t] with 3
-    hidden Mish layers.
-
-    Its first layer W [s, x, t] + b is kept as two parts, (W_s s + b) + W_xt [x, t]: the state part
-    is computed once per state (embed_obs) and shared by the K candidates and the N Euler steps.
-    """
+    """v_theta(x, t, s): the flow's velocity in the latent space (Sec. 4.1), an MLP on [s, x, t] with 3 hidden
+    Mish layers. Its first layer W [s, x, t] + b is kept as two parts, (W_s s + b) + W_xt [x, t]: the state
+    part is computed once per state (embed_obs) and shared by the K candidates and the N Euler steps."""
 
     def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int = 256):
         super().__init__()
@@ -221,20 +208,15 @@ class VelocityField(nn.Module):
         bound = 1.0 / math.sqrt(obs_dim + act_dim + 1)  # nn.Linear's init for the whole first layer
         for param in (self.obs_layer.weight, self.obs_layer.bias, self.xt_layer.weight):
             nn.init.uniform_(param, -bound, bound)
-        self.layers = nn.ModuleList([nn.Linear(hidden_dim, hidden_dim), nn.Linear(hidden_dim, hidden_dim),
-                                     nn.Linear(hidden_dim, act_dim)])
+        self.layers = nn.ModuleList([nn.Linear(hidden_dim, hidden_dim) for _ in range(2)] + [nn.Linear(hidden_dim, act_dim)])
 
     def embed_obs(self, obs: torch.Tensor) -> torch.Tensor:
         """The state's part of the first layer: obs [..., obs_dim] -> [..., hidden_dim]."""
         return self.obs_layer(obs)
 
     def forward(self, obs_embedding: torch.Tensor, x: torch.Tensor, t: torch.Tensor, probe: torch.Tensor | None = None):
-        """obs_embedding [..., hidden] (broadcasts), x [..., act_dim], t [..., 1] -> v [..., act_dim].
-
-        With a probe e [..., act_dim], also returns (dv/dx) e, pushed forward through the layers
-        alongside v (forward-mode differentiation). A plain forward graph, so the divergence
-        needs no double backward and torch.compile can compile it.
-        """
+        """obs_embedding [..., hidden] (broadcasts), x [..., act_dim], t [..., 1] -> v [..., act_dim]. With a probe
+        e, also (dv/dx) e, pushed forward alongside v: no double backward for the divergence, and it compiles."""
         z = obs_embedding + self.xt_layer(torch.cat([x, t], dim=-1))  # raw t is enough for 10 Euler steps
         dz = None if probe is None else F.linear(probe, self.xt_layer.weight[:, : self.act_dim])
         for layer in self.layers:
@@ -247,11 +229,7 @@ class VelocityField(nn.Module):
 
 
 class TwinQ(nn.Module):
-    """Both critics Q1, Q2 as one batched module: weights [2, in, out], one matmul per layer.
-
-    As in the velocity field, the first layer's state part is computed once per state and shared
-    by the K candidate actions of that state.
-    """
+    """Both critics as one batched module (weights [2, in, out]); the first layer's state part is shared by K candidates."""
 
     def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int = 256, num_q: int = 2):
         super().__init__()
@@ -280,11 +258,8 @@ class TwinQ(nn.Module):
 
 @torch.no_grad()  # the samples are never differentiated (torch.inference_mode breaks torch.compile in torch 2.11)
 def sample_candidates(velocity: VelocityField, obs: torch.Tensor, num_candidates: int, num_steps: int) -> torch.Tensor:
-    """Eq. 10: K latent samples per state by Euler integration of the flow ODE.
-
-    obs [B, obs_dim] -> latents u [B, K, act_dim]. Actions are tanh(u); keep u itself, since
-    atanh(tanh(u)) is inf once tanh saturates in float32.
-    """
+    """Eq. 10: K latent samples per state by Euler integration of the flow ODE: obs [B, obs_dim] -> latents
+    u [B, K, act_dim]. Actions are tanh(u); keep u itself, since atanh(tanh(u)) is inf once tanh saturates."""
     obs_embedding = velocity.embed_obs(obs).unsqueeze(1)  # [B, 1, hidden], shared by the K candidates
     x = torch.randn(obs.shape[0], num_candidates, velocity.act_dim, device=obs.device)
     t = torch.empty(*x.shape[:2], 1, device=obs.device)
@@ -307,20 +282,14 @@ def best_of_k_actions(velocity: VelocityField, critic: TwinQ, obs: torch.Tensor,
 
 
 def advantage_weights(q: torch.Tensor, beta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eq. 13-14: per-state softmax weights over the K candidates, and their ESS in [1, K].
-
-    q [B, K]. V(s) cancels inside the softmax, so Q stands in for the advantage.
-    """
+    """Eq. 13-14: softmax weights over the K candidates of q [B, K] and their ESS in [1, K]; V(s) cancels, so Q serves."""
     weights = torch.softmax(q / beta, dim=1)
     ess = 1.0 / weights.pow(2).sum(dim=1)
     return weights, ess
 
 
 def bellman_target(rewards: torch.Tensor, terminations: torch.Tensor, next_q: torch.Tensor, gamma: float) -> torch.Tensor:
-    """Eq. 20 with the best of K candidates at s': y = r + gamma * (1 - terminated) * max_i Q'(s', a'_i).
-
-    Truncation (a time limit) is not a termination: those transitions bootstrap.
-    """
+    """Eq. 20, best of K at s': y = r + gamma * (1 - terminated) * max_i Q'(s', a'_i); truncations bootstrap."""
     return rewards + gamma * (1.0 - terminations) * next_q.max(dim=1).values
 
 
@@ -369,11 +338,8 @@ def flow_losses(velocity: VelocityField, obs: torch.Tensor, u: torch.Tensor,
 
 
 def dual_update(log_param: torch.Tensor, optimizer: torch.optim.Optimizer, measured: torch.Tensor, target) -> torch.Tensor:
-    """One step of dual descent on log(param): it falls while measured > target, rises while below.
-
-    beta: measured = mean ESS (weights too uniform -> sharpen). alpha: measured = entropy
-    (above target -> weaker bonus). Clamped so that exp() stays finite.
-    """
+    """One step of dual descent on log(param), clamped so that exp() stays finite: it falls while measured > target,
+    rises while below. beta: mean ESS (too uniform -> sharpen); alpha: entropy (above target -> weaker bonus)."""
     loss = log_param * (measured.detach() - target)
     optimizer.zero_grad()
     loss.backward()
@@ -402,9 +368,8 @@ class ReplayBuffer:
 
     def add(self, obs, next_obs, actions, rewards, terminations):
         idx = ((self.pos + torch.arange(len(obs))) % self.capacity).to(self.device)
-        for buf, val in [(self.obs, obs), (self.next_obs, next_obs), (self.actions, actions),
-                         (self.rewards, rewards), (self.terminations, terminations)]:
-            buf[idx] = torch.as_tensor(val, dtype=torch.float32).to(self.device)
+        for name, val in zip(self.FIELDS, (obs, next_obs, actions, rewards, terminations)):
+            getattr(self, name)[idx] = torch.as_tensor(val, dtype=torch.float32).to(self.device)
         self.pos = (self.pos + len(obs)) % self.capacity
         self.size = min(self.size + len(obs), self.capacity)
 
@@ -680,8 +645,7 @@ def save_pictures(figures: dict, run_dir: str, writer: SummaryWriter | None, ste
 
 
 def save_atomically(state: dict, path: str) -> bool:
-    """torch.save to a temporary file, then rename: a crash or SIGKILL mid-write keeps the previous
-    file. A state with non-finite weights is never written."""
+    """torch.save to a temporary file, then rename (a crash mid-write keeps the old file); never non-finite weights."""
     tensors = [*state["actor"].values(), *state["critic"].values(), state["log_alpha"], state["log_beta"]]
     if not all(torch.isfinite(t).all() for t in tensors):
         print(f"not saving {path}: the weights are not finite; the last good file is kept", file=sys.stderr)
@@ -728,7 +692,7 @@ def resumed_args(args: Args, saved: dict) -> Args:
 
 
 def check_args(args: Args) -> None:
-    """Exit with one line on flags that cannot work together."""
+    """Fill in the default ESS target (it depends on K); exit with one line on flags that cannot work together."""
     for name in ("total_timesteps", "num_envs", "buffer_size", "batch_size", "updates_per_step", "policy_frequency",
                  "hidden_dim", "num_candidates", "ode_steps", "eval_frequency", "eval_episodes", "log_frequency",
                  "plot_frequency", "max_episode_steps", "checkpoint_frequency"):
@@ -749,12 +713,9 @@ def check_args(args: Args) -> None:
 
 
 class CudaGraphFunction:
-    """fn(*tensors) replayed as one CUDA graph (ours, LeanRL's approach): no Python and no kernel
-    launches per call. The first `warmup` calls run fn eagerly on a side stream; the next one
-    captures it. From then on a call copies its inputs into the captured input tensors, replays,
-    and returns the captured outputs, which the following call overwrites. fn must keep its
-    shapes and must not sync with the host; every call is one real call of fn.
-    """
+    """fn(*tensors) replayed as one CUDA graph (ours, LeanRL's): no Python, no kernel launches per call. The first
+    `warmup` calls run fn eagerly on a side stream, the next captures it; later calls copy their inputs into the
+    captured ones and replay (the next call overwrites the outputs). All are real calls; fn must keep its shapes."""
 
     def __init__(self, fn, warmup: int = 3):
         self.fn, self.warmup, self.graph = fn, warmup, None

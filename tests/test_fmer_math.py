@@ -1,4 +1,7 @@
-"""Unit tests of the algorithm's pieces in fmer_continuous.py, each able to fail on the bug it names."""
+"""Unit tests of the algorithm's pieces in fmer_continuous.py, each able to fail on the bug it names.
+The sibling scripts carry the same pieces line for line (the last test), so these tests cover them too."""
+import importlib
+import inspect
 import math
 
 import numpy as np
@@ -529,3 +532,18 @@ def test_best_of_k_picks_highest_min_q():
     torch.manual_seed(3)
     cands = torch.tanh(fm.sample_candidates(actor, obs, 8, 10))
     torch.testing.assert_close(a, cands[torch.arange(64), cands.abs().squeeze(-1).argmin(dim=1)])
+
+
+SHARED_MATH = ["mish_with_derivative", "mish", "VelocityField", "TwinQ", "sample_candidates", "score_candidates",
+               "best_of_k_actions", "advantage_weights", "bellman_target", "weighted_cfm_loss", "hutchinson_divergence",
+               "tanh_corrected_divergence", "tanh_gaussian_entropy_per_dim", "flow_losses", "dual_update", "ReplayBuffer",
+               "update_critic", "update_actor", "save_atomically"]
+
+
+@pytest.mark.parametrize("script", ["fmer_multigoal", "fmer_kitchen"])
+def test_sibling_scripts_carry_the_parents_math_line_for_line(script):
+    """A fix to the parent that misses a sibling (or a sibling's own edit) fails here, not silently in its runs."""
+    sibling = importlib.import_module(script)
+    for name in SHARED_MATH:
+        assert inspect.getsource(getattr(sibling, name)) == inspect.getsource(getattr(fm, name)), \
+            f"{script}.{name} is not fmer_continuous.{name}"
