@@ -441,15 +441,8 @@ class Check:
                size["eval_episodes"], "--progress-seconds", 1, *MODES[self.run_mode], *self.device_flags,
                *size["extra"]]
         run = Run("learn", cmd, self.child_env(), self.log, self.rundir("learn"))
-        ended = run.wait(deadline)
-        if not ended:
-            run.stop()
-        burn_step = size["learning_starts"] + size["burn_in"]
-        status = "cut" if not ended else ("ok" if run.proc.returncode == 0 else "failed")
-        return {"status": status, "env_id": size["env"], "mode": self.run_mode, "total": size["total"],
-                "reached_step": run.reached, "evals": run.evals, "wall_s": round(time.monotonic() - run.start, 1),
-                "seconds_to_burn_in": run.seconds_to(burn_step),
-                "sps_after_burn_in": run.rate(from_step=burn_step),
+        ended, report = self.finish_run(run, size, deadline)
+        return {**report, "env_id": size["env"],
                 "note": run.failure() or ("" if ended else "cut at the part's budget; evaluations so far kept"),
                 "command": "python fmer_continuous.py " + subprocess.list2cmdline(run.cmd[2:])}
 
@@ -458,16 +451,22 @@ class Check:
                "--learning-starts", size["learning_starts"], "--progress-seconds", 1, *MODES[self.run_mode],
                *self.device_flags, *size["extra"]]
         run = Run("multigoal", cmd, self.child_env(), self.log, self.rundir("multigoal"))
+        ended, report = self.finish_run(run, size, deadline)
+        return {**report, "note": run.failure() or ("" if ended else "cut at the part's budget"),
+                "command": "python fmer_multigoal.py " + subprocess.list2cmdline(run.cmd[2:])}
+
+    def finish_run(self, run, size: dict, deadline: float) -> tuple[bool, dict]:
+        """Wait for a learning part's run until its deadline (stopping it there); whether it ended, and
+        what the learn and multigoal parts both report: status, steps, time to burn-in, SPS after it."""
         ended = run.wait(deadline)
         if not ended:
             run.stop()
         burn_step = size["learning_starts"] + size["burn_in"]
         status = "cut" if not ended else ("ok" if run.proc.returncode == 0 else "failed")
-        return {"status": status, "mode": self.run_mode, "total": size["total"], "reached_step": run.reached,
-                "evals": run.evals, "wall_s": round(time.monotonic() - run.start, 1),
-                "seconds_to_burn_in": run.seconds_to(burn_step), "sps_after_burn_in": run.rate(from_step=burn_step),
-                "note": run.failure() or ("" if ended else "cut at the part's budget"),
-                "command": "python fmer_multigoal.py " + subprocess.list2cmdline(run.cmd[2:])}
+        return ended, {"status": status, "mode": self.run_mode, "total": size["total"], "reached_step": run.reached,
+                       "evals": run.evals, "wall_s": round(time.monotonic() - run.start, 1),
+                       "seconds_to_burn_in": run.seconds_to(burn_step),
+                       "sps_after_burn_in": run.rate(from_step=burn_step)}
 
     def run_part(self, part: str):
         size = self.sizes[part]
