@@ -334,11 +334,18 @@ class ReplayBuffer:
         self.terminations = torch.empty(capacity, device=device)
 
     def add(self, obs, next_obs, actions, rewards, terminations):
-        idx = ((self.pos + torch.arange(len(obs))) % self.capacity).to(self.device)
-        for name, val in zip(self.FIELDS, (obs, next_obs, actions, rewards, terminations)):
-            getattr(self, name)[idx] = torch.as_tensor(val, dtype=torch.float32).to(self.device)
-        self.pos = (self.pos + len(obs)) % self.capacity
-        self.size = min(self.size + len(obs), self.capacity)
+        """One vector step, n rows: on a GPU, one host-to-device copy (pinned, non-blocking) and an index made there."""
+        n = len(obs)
+        fields = [torch.as_tensor(np.asarray(val, dtype=np.float32)).reshape(n, -1)
+                  for val in (obs, next_obs, actions, rewards, terminations)]
+        rows = torch.cat(fields, dim=1)
+        rows = (rows.pin_memory() if self.device.type == "cuda" else rows).to(self.device, non_blocking=True)
+        idx = (self.pos + torch.arange(n, device=self.device)) % self.capacity
+        for name, part in zip(self.FIELDS, rows.split([f.shape[1] for f in fields], dim=1)):
+            buffer = getattr(self, name)
+            buffer[idx] = part.reshape(n, *buffer.shape[1:])
+        self.pos = (self.pos + n) % self.capacity
+        self.size = min(self.size + n, self.capacity)
 
     def sample(self, batch_size: int):
         idx = torch.randint(0, self.size, (batch_size,), device=self.device)
@@ -467,6 +474,23 @@ def load_file(path: str, what: str, keys: set) -> dict:
     if loaded.get("script", SCRIPT) != SCRIPT:
         sys.exit(f"error: {path} is a {what} of {loaded['script']}, not of {SCRIPT}")
     return loaded
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, saved: dict, capturable: bool) -> None:
+    """optimizer.load_state_dict(saved), fitted to this run's device and flags. load_state_dict replaces each param group
+    by the saved one: a tensor learning rate (the device tensor the loop fills, which a compiled or captured step reads)
+    is put back, holding the saved value, and capturable (a CUDA run saves True) is set for this run, its step counts
+    moved to match (capturable: on the parameters' device; else on the CPU)."""
+    lrs = [group["lr"] for group in optimizer.param_groups]
+    optimizer.load_state_dict(saved)
+    for group, lr in zip(optimizer.param_groups, lrs):
+        if isinstance(lr, torch.Tensor):
+            group["lr"] = lr.copy_(torch.as_tensor(group["lr"]))
+        group["capturable"] = capturable
+        for param in group["params"]:
+            if "step" in optimizer.state.get(param, {}):
+                step = optimizer.state[param]["step"]
+                optimizer.state[param]["step"] = step.to(param.device if capturable else "cpu", torch.float32)
 
 
 def resumed_args(args: Args, saved: dict) -> Args:
@@ -647,9 +671,12 @@ if __name__ == "__main__":
     target_critic = TwinQ(obs_dim, act_dim, args.hidden_dim).to(device)
     target_critic.load_state_dict(critic.state_dict())
     # Learning rate and target entropy are device tensors changed in place: a compiled or captured update reads them.
-    capturable = device.type == "cuda"  # Adam's step count on the device, as CUDA graphs need
-    actor_optimizer = torch.optim.Adam(actor.parameters(), lr=torch.tensor(args.actor_lr, device=device),
-                                       capturable=capturable)
+    # On CUDA, Adam's step counts live on the device (capturable), as CUDA graphs need; eager needs it too, since
+    # foreach Adam (CUDA's default) refuses a tensor learning rate otherwise. Its cost there is a few tiny kernels.
+    capturable = device.type == "cuda"
+    warnings.filterwarnings("ignore", message=".*capturable=True can impair performance")
+    actor_lr = torch.tensor(args.actor_lr, device=device)
+    actor_optimizer = torch.optim.Adam(actor.parameters(), lr=actor_lr, capturable=capturable)
     critic_optimizer = torch.optim.Adam(critic.parameters(), lr=args.critic_lr, capturable=capturable)
     alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.alpha_lr, capturable=capturable)
     beta_optimizer = torch.optim.Adam([log_beta], lr=args.beta_lr, capturable=capturable)
@@ -686,15 +713,16 @@ if __name__ == "__main__":
                 "optimizers": [opt.state_dict() for opt in optimizers], "replay_buffer": rb.state_dict(),
                 "metrics": metrics, "obs": torch.as_tensor(obs),
                 "rng": {"python": random.getstate(), "numpy": rng.bit_generator.state, "torch": torch.get_rng_state(),
-                        "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []},
+                        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},  # this GPU's
                 "env_rngs": [env.rng_state or env.rng().bit_generator.state for env in envs.envs],  # see RememberResetRNG
                 "eval_env_rngs": [env.rng().bit_generator.state for env in eval_envs.envs],
                 "counters": (global_step, num_updates, next_log, next_eval, next_checkpoint, last_return, last_saved_step)}
 
     if state is not None:  # continue where the saved run stopped
-        for part, saved in zip((actor, critic, target_critic, *optimizers),
-                               (state["actor"], state["critic"], state["target_critic"], *state["optimizers"])):
+        for part, saved in zip((actor, critic, target_critic), (state["actor"], state["critic"], state["target_critic"])):
             part.load_state_dict(saved)
+        for optimizer, saved in zip(optimizers, state["optimizers"]):  # saved on any device, with any flags
+            load_optimizer(optimizer, saved, capturable)
         with torch.no_grad():
             log_alpha.copy_(state["log_alpha"]), log_beta.copy_(state["log_beta"])
         rb.load_state_dict(state["replay_buffer"])
@@ -702,8 +730,8 @@ if __name__ == "__main__":
         random.setstate(state["rng"]["python"])
         rng.bit_generator.state = state["rng"]["numpy"]
         torch.set_rng_state(state["rng"]["torch"])
-        if device.type == "cuda" and state["rng"]["cuda"]:
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        if device.type == "cuda" and isinstance(state["rng"]["cuda"], torch.Tensor):  # a CPU run saved none
+            torch.cuda.set_rng_state(state["rng"]["cuda"], device)
         for env, env_rng in zip([*envs.envs, *eval_envs.envs], state["env_rngs"] + state["eval_env_rngs"]):
             env.rng().bit_generator.state = env_rng
         obs, _ = envs.reset()  # at an episode boundary, the very reset the saved run did
@@ -717,7 +745,10 @@ if __name__ == "__main__":
         signal.signal(signum, lambda signum, frame: stop_signal.append(signum))
     start_time = window_time = time.time()
     last_print = start_time - max(args.progress_seconds - 10.0, 0.0)  # the first progress line comes after 10 s
-    window_step, first_update = global_step, max(global_step, args.learning_starts)  # compilation follows first_update
+    # SPS leaves out the windows that overlap the fast path's first calls: compilation at the first update, CUDA graph
+    # capture after 3 warm-up calls, all within 4 * policy_frequency vector steps of the first update.
+    window_step, first_update = global_step, max(global_step, args.learning_starts)
+    burn_in_end = first_update + 4 * args.policy_frequency * args.num_envs
     try:
         while global_step < args.total_timesteps:
             if global_step < args.learning_starts:
@@ -736,7 +767,7 @@ if __name__ == "__main__":
 
             if global_step >= args.learning_starts:
                 fraction = global_step / args.total_timesteps
-                actor_optimizer.param_groups[0]["lr"].fill_(linear_schedule(args.actor_lr, args.actor_lr_end, fraction))
+                actor_lr.fill_(linear_schedule(args.actor_lr, args.actor_lr_end, fraction))
                 target_entropy.fill_(act_dim * linear_schedule(args.target_entropy_start, args.target_entropy_end, fraction))
                 entropy_on.fill_(float(global_step < args.entropy_off_step))
                 for _ in range(args.num_envs * args.updates_per_step):
@@ -750,8 +781,7 @@ if __name__ == "__main__":
                 next_log += args.log_frequency
                 now = time.time()
                 sps = (global_step - window_step) / max(now - window_time, 1e-9)
-                burn_in = window_step < first_update + 4 * args.policy_frequency * args.num_envs and global_step > first_update
-                if not burn_in:  # a window over compilation and CUDA graph capture would understate SPS
+                if not (global_step >= first_update and window_step < burn_in_end):  # else it would understate SPS
                     writer.add_scalar("charts/SPS", sps, global_step)
                 window_step, window_time = global_step, now
                 if metrics:
@@ -762,7 +792,7 @@ if __name__ == "__main__":
                             sys.exit(f"error: {name.split('/')[1]} is {value} at step {global_step}; stopping{kept}")
                         writer.add_scalar(name, value, global_step)
                     writer.add_scalar("charts/target_entropy", target_entropy, global_step)
-                    writer.add_scalar("charts/learning_rate", actor_optimizer.param_groups[0]["lr"], global_step)
+                    writer.add_scalar("charts/learning_rate", actor_lr, global_step)
                 if now - last_print >= args.progress_seconds:
                     last_print = now
                     warm_up = global_step < args.learning_starts  # its SPS says nothing of learning's: no ETA yet

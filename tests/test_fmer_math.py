@@ -197,6 +197,18 @@ def test_replay_buffer_wraps_around():
     torch.testing.assert_close(rewards, obs[:, 0])
 
 
+def test_replay_buffer_stores_each_field_in_its_own_rows():
+    # one staged copy of all five fields per add: each must come back whole, in order, from any input type
+    rb = fm.ReplayBuffer(3, 3, 2, torch.device("cpu"))
+    for i in range(4):  # the fourth add wraps to row 0
+        rb.add(np.full((1, 3), i, dtype=np.float64), [[i + 10] * 3], np.full((1, 2), i + 20, dtype=np.float32),
+               np.array([i + 30.0]), np.array([i % 2 == 1]))
+    assert rb.obs[:, 0].tolist() == [3.0, 1.0, 2.0] and rb.obs.shape == (3, 3)
+    assert torch.equal(rb.next_obs, rb.obs + 10) and torch.equal(rb.actions, rb.obs[:, :2] + 20)
+    assert torch.equal(rb.rewards, rb.obs[:, 0] + 30) and rb.terminations.tolist() == [1.0, 1.0, 0.0]
+    assert rb.rewards.dtype == rb.terminations.dtype == torch.float32 and (rb.pos, rb.size) == (1, 3)
+
+
 def test_actor_step_with_large_alpha_raises_entropy():
     torch.manual_seed(0)
     obs_dim, act_dim, B = 3, 2, 256
@@ -537,7 +549,7 @@ def test_best_of_k_picks_highest_min_q():
 SHARED_MATH = ["mish_with_derivative", "mish", "VelocityField", "TwinQ", "sample_candidates", "score_candidates",
                "best_of_k_actions", "advantage_weights", "bellman_target", "weighted_cfm_loss", "hutchinson_divergence",
                "tanh_corrected_divergence", "tanh_gaussian_entropy_per_dim", "flow_losses", "dual_update", "ReplayBuffer",
-               "update_critic", "update_actor", "save_atomically"]
+               "update_critic", "update_actor", "save_atomically", "load_optimizer"]
 
 
 @pytest.mark.parametrize("script", ["fmer_multigoal", "fmer_kitchen"])

@@ -80,11 +80,24 @@ def assert_same(a, b, where=""):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
+def whole_run(tmp_path_factory) -> Path:
     cwd = tmp_path_factory.mktemp("whole")
     proc = run([*TINY, "--total-timesteps", "600", "--run-name", "whole"], cwd)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return scalars(cwd / "runs" / "whole")
+    return cwd / "runs" / "whole"
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(whole_run):
+    return scalars(whole_run)
+
+
+def sps_steps(run_dir: Path) -> list[int]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return [e.step for e in acc.Scalars("charts/SPS")]
 
 
 @pytest.mark.slow
@@ -226,3 +239,52 @@ def test_replay_buffer_state_round_trip_and_growth():
     assert bigger.rewards[:4].tolist() == [0.0, 1.0, 2.0, 9.0] and bigger.size == 4  # rows past size are never read
     # the saved tensors hold the filled part only, not the whole preallocated storage
     assert rb.state_dict()["obs"].untyped_storage().nbytes() == 5 * 2 * 4
+
+
+@pytest.mark.slow
+def test_sps_leaves_out_every_window_that_holds_the_first_updates(whole_run):
+    # TINY: learning starts at 100, logs every 25; the fast path's first calls (compile, 3 warm-ups, capture) fall in
+    # steps 100-107. The window (75, 100] holds the first update: a learning-starts that is a multiple of the log
+    # frequency (the defaults) must not log it.
+    assert sps_steps(whole_run) == [25, 50, 75, *range(150, 601, 25)]
+
+
+def test_load_optimizer_keeps_the_runs_lr_tensor_and_fits_capturable_to_the_device():
+    param = torch.nn.Parameter(torch.ones(3))
+    saving = torch.optim.Adam([param], lr=torch.tensor(1e-3), capturable=False)
+    param.grad = torch.ones(3)
+    saving.step()
+    saved = saving.state_dict()
+    saved["param_groups"][0]["capturable"] = True  # as a CUDA run writes it
+    saved["param_groups"][0]["lr"] = torch.tensor(2.5e-4)  # the decayed rate at the save
+    lr = torch.tensor(3e-4)  # the run's own tensor, which its loop fills
+    resumed = torch.optim.Adam([param], lr=lr, capturable=False)
+    fm.load_optimizer(resumed, saved, capturable=False)
+    group = resumed.param_groups[0]
+    assert group["lr"] is lr and lr.item() == pytest.approx(2.5e-4) and lr.device == param.device
+    assert group["capturable"] is False and resumed.state[param]["step"].device.type == "cpu"
+    param.grad = torch.ones(3)
+    resumed.step()  # a capturable group on the CPU would stop here: "params and state_steps must be on supported devices"
+    assert resumed.state[param]["step"].item() == 2.0
+
+
+@pytest.mark.slow
+def test_a_state_written_as_a_cuda_run_writes_it_resumes_on_the_cpu_as_the_same_run(tmp_path, uninterrupted):
+    # A CUDA run saves capturable param groups, a device learning rate (loaded to the CPU) and the CUDA generator's
+    # state. On the CPU it must resume, and exactly as the CPU-written state does (= the uninterrupted run).
+    first = run([*TINY, "--total-timesteps", "600", "--run-name", "gpu"], tmp_path, stop_at=400)
+    assert first.returncode == 128 + signal.SIGTERM, first.stderr[-3000:]
+    state_file = tmp_path / "runs/gpu/state.pt"
+    state = torch.load(state_file, weights_only=True)
+    for saved in state["optimizers"]:
+        for group in saved["param_groups"]:
+            group["capturable"] = True
+    state["rng"]["cuda"] = torch.zeros(16, dtype=torch.uint8)
+    torch.save(state, state_file)
+    second = run(["--resume", "runs/gpu"], tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    resumed = scalars(tmp_path / "runs" / "gpu")
+    assert resumed.keys() == uninterrupted.keys()
+    for tag in uninterrupted:
+        assert resumed[tag] == uninterrupted[tag], tag
+    assert [s for s in sps_steps(tmp_path / "runs" / "gpu") if s > 400][0] == 450  # (400, 425] holds the first updates
