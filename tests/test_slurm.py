@@ -184,6 +184,31 @@ TINY = ["--total-timesteps", str(TOTAL), "--learning-starts", str(LEARNING_START
         "--progress-seconds", "2", "--no-cuda"]
 
 
+# Task 0's first start stops inside its env step PAUSE_AT (after its save at 700 and its evaluation at 750) until a signal
+# comes, so the requeue finds it mid-run however fast the machine is: the task runs the script through this driver.
+PAUSE_AT = LEARNING_STARTS + EVAL + 1
+PAUSE_DRIVER = """import os, runpy, signal, sys, time
+import gymnasium as gym
+script, args = sys.argv[1], sys.argv[2:]
+run_name = args[args.index("--run-name") + 1]
+if args[args.index("--seed") + 1] == "1" and not os.path.exists(f"runs/{run_name}/state.pt"):
+    signals, step, count, install = [], gym.vector.SyncVectorEnv.step, [0], signal.signal
+    def noted(signum, handler):  # the script's own handler, and a note that a signal came
+        return install(signum, lambda n, frame: (signals.append(n), handler(n, frame)))
+    def paused_step(self, actions):
+        if self.num_envs == 1:  # the training env (the evaluation has 2)
+            count[0] += 1
+            if count[0] == %d:
+                open(f"runs/{run_name}/paused", "w").close()
+                while not signals:
+                    time.sleep(0.05)
+        return step(self, actions)
+    signal.signal, gym.vector.SyncVectorEnv.step = noted, paused_step
+sys.argv = [script, *args]
+runpy.run_path(script, run_name="__main__")
+""" % PAUSE_AT
+
+
 @pytest.mark.slow
 def test_slurm_array_is_requeued_and_resumes(slurm, tmp_path):
     if not resume_supported():
@@ -196,11 +221,15 @@ def test_slurm_array_is_requeued_and_resumes(slurm, tmp_path):
     for name in ("run.py", "summarize.py"):
         shutil.copy(ROOT / "benchmark" / name, repo / "benchmark")
     out_dir = tmp_path / "slurm"
+    (repo / "pause_driver.py").write_text(PAUSE_DRIVER)
+    python = repo / "python"
+    python.write_text(f"#!/bin/sh\nexec {sys.executable} {repo / 'pause_driver.py'} \"$@\"\n")
+    python.chmod(0o755)
     write = subprocess.run(
         [sys.executable, str(repo / "benchmark" / "run.py"), "--scripts", "fmer_continuous.py", "--env-ids",
          "Pendulum-v1", "--seeds", "1", "2", "--slurm", "--slurm-dir", str(out_dir), "--job-name", "fmertest",
          "--gpus-per-task", "0", "--cpus-per-task", "1", "--mem", "2G", "--time", "20", "--signal-seconds", "60",
-         *TINY], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+         "--python", str(python), *TINY], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert write.returncode == 0, write.stderr
     sbatch_file = out_dir / "fmertest.sbatch"
     text = sbatch_file.read_text()
@@ -223,9 +252,9 @@ def test_slurm_array_is_requeued_and_resumes(slurm, tmp_path):
             parts.append(f"--- {path}\n{tail}")
         return "\n".join(parts)
 
-    # preempt task 0 mid-run: once it learns and has saved its state
-    wait_for(lambda: (runs[0] / "state.pt").exists() and last_step(outputs[0]) >= LEARNING_STARTS + EVAL,
-             300, "task 0 to save its state past learning_starts", diagnose)
+    # preempt task 0 mid-run: it has learnt, saved its state and evaluated, and waits in step PAUSE_AT for the signal
+    wait_for(lambda: (runs[0] / "paused").exists(), 300, f"task 0 to pause at step {PAUSE_AT}", diagnose)
+    assert (runs[0] / "state.pt").exists() and last_step(outputs[0]) >= LEARNING_STARTS + EVAL, diagnose()
     requeue = subprocess.run(["scontrol", "requeue", f"{job}_0"], env=slurm, capture_output=True, text=True,
                              timeout=60)
     assert requeue.returncode == 0, requeue.stderr
@@ -238,7 +267,7 @@ def test_slurm_array_is_requeued_and_resumes(slurm, tmp_path):
     saved = re.search(r"^SIGTERM at step (\d+): state saved", before, re.MULTILINE)  # saved on Slurm's SIGTERM
     resumed = re.search(r"^resuming \S+ at step (\d+)", after, re.MULTILINE)
     assert saved and resumed, f"task 0 did not save on SIGTERM and resume\n{diagnose()}"
-    assert int(resumed.group(1)) == int(saved.group(1)) > LEARNING_STARTS, (saved.group(0), resumed.group(0))
+    assert int(resumed.group(1)) == int(saved.group(1)) == PAUSE_AT, (saved.group(0), resumed.group(0))
     assert f"done: {TOTAL} steps" in after, diagnose()
     assert "restart 1)" not in outputs[1].read_text() and f"done: {TOTAL} steps" in outputs[1].read_text(), diagnose()
 
