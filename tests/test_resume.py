@@ -266,6 +266,12 @@ def test_load_optimizer_keeps_the_runs_lr_tensor_and_fits_capturable_to_the_devi
     param.grad = torch.ones(3)
     resumed.step()  # a capturable group on the CPU would stop here: "params and state_steps must be on supported devices"
     assert resumed.state[param]["step"].item() == 2.0
+    # the other way (a CPU state resumed on a GPU, for CUDA graphs): capturable, the step count on the parameters' device
+    saved["param_groups"][0]["capturable"] = False
+    graphed = torch.optim.Adam([param], lr=torch.tensor(3e-4), capturable=False)
+    fm.load_optimizer(graphed, saved, capturable=True)
+    step = graphed.state[param]["step"]
+    assert graphed.param_groups[0]["capturable"] is True and step.device == param.device and step.dtype == torch.float32
 
 
 @pytest.mark.slow
