@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -200,26 +199,30 @@ def test_resume_auto_starts_then_continues_and_total_timesteps_can_rise(tmp_path
 
 
 def test_sigkill_during_a_state_write_keeps_the_previous_state(tmp_path):
-    """save_atomically writes a temporary file and renames it: killed mid-write, the old file stays whole."""
+    """save_atomically writes a temporary file and renames it: killed mid-write, the old file stays whole. The second
+    write stops halfway (torch.save writes half the file, then waits), so the kill lands mid-write on any machine."""
     writer = f"""
-import sys, torch
+import os, sys, time, torch
 sys.path.insert(0, {str(ROOT)!r})
 from fmer_continuous import save_atomically
 state = {{"actor": {{"w": torch.ones(3)}}, "critic": {{}}, "log_alpha": torch.zeros(()), "log_beta": torch.zeros(())}}
-for version in range(1000):
-    blob = torch.full((20_000_000,), float(version))
-    save_atomically({{**state, "version": version, "blob": blob}}, {str(tmp_path / "state.pt")!r})
-    print(version, flush=True)
+save_atomically({{**state, "version": 0, "blob": torch.full((1_000_000,), 0.0)}}, {str(tmp_path / "state.pt")!r})
+real_save = torch.save
+def half_save(obj, path):
+    real_save(obj, path)
+    os.truncate(path, os.path.getsize(path) // 2)
+    print("mid-write", flush=True)
+    time.sleep(600)
+torch.save = half_save
+save_atomically({{**state, "version": 1, "blob": torch.full((1_000_000,), 1.0)}}, {str(tmp_path / "state.pt")!r})
 """
     proc = subprocess.Popen([sys.executable, "-c", writer], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "0"  # one whole state on disk
-    deadline = time.time() + 60
-    while not (tmp_path / "state.pt.tmp").exists() and time.time() < deadline:
-        time.sleep(0.001)
+    assert proc.stdout.readline().strip() == "mid-write"
+    assert (tmp_path / "state.pt.tmp").exists()
     proc.kill()
     proc.wait()
     loaded = torch.load(tmp_path / "state.pt", weights_only=True)
-    assert torch.equal(loaded["blob"], torch.full((20_000_000,), float(loaded["version"])))
+    assert loaded["version"] == 0 and torch.equal(loaded["blob"], torch.zeros(1_000_000))
 
 
 def test_replay_buffer_state_round_trip_and_growth():
