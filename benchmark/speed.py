@@ -22,12 +22,15 @@ script's default network and batch sizes:
               tensorboard log over --sps-steps steps that follow --burn-in steps of learning, so
               compilation and capture are left out
 
-It prints a markdown table and writes it to --output when given, and the raw numbers as JSON to
---json-output when given.
+It prints a markdown table at the end. With --output it writes that table, and with --json-output the raw
+numbers as JSON, after every measurement (each mode's update time, then its SPS), so that a run stopped midway
+keeps what it had measured: a row without "sps" is a mode whose SPS run had not finished.
 """
+import ctypes
 import datetime
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -110,6 +113,22 @@ def publish(lines: list[str], output: str | None) -> None:
     if output:
         Path(output).parent.mkdir(parents=True, exist_ok=True)
         Path(output).write_text(table + "\n")
+
+
+def write_atomically(path: str, text: str) -> None:
+    """A reader (or a kill) meets the old file or the new one, never half of one."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(path).with_name(Path(path).name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def die_with_parent() -> None:
+    """In the SPS run's child, before its exec: Linux sends it SIGKILL when this process dies (no threads here)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (AttributeError, OSError):
+        pass  # not Linux
 
 
 def count_flops(fn) -> int:
@@ -203,7 +222,7 @@ def measure_sps(args: Args, mode: str) -> float:
     log_every = max(1, min(args.burn_in, args.sps_steps) // 5)
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, str(ROOT / "fmer_continuous.py"), "--env-id", args.env_id, "--total-timesteps", str(total),
-               "--learning-starts", str(args.learning_starts), "--log-frequency", str(log_every),
+               "--buffer-size", str(total), "--learning-starts", str(args.learning_starts), "--log-frequency", str(log_every),
                "--eval-frequency", str(total), "--eval-episodes", "1", "--progress-seconds", "1e9",
                "--exp-name", "speed", *MODES[mode]]
         for flag, value in (("--hidden-dim", args.hidden_dim), ("--batch-size", args.batch_size)):
@@ -211,7 +230,7 @@ def measure_sps(args: Args, mode: str) -> float:
                 cmd += [flag, str(value)]
         if not args.cuda:
             cmd.append("--no-cuda")
-        run = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True)
+        run = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, preexec_fn=die_with_parent)
         if run.returncode != 0:
             sys.exit(f"error: the SPS run in mode {mode} failed:\n{run.stderr[-2000:]}")
         from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -243,7 +262,46 @@ def main(args: Args):
     part_flops["divergence"] = part_flops["wcfm+divergence"] - part_flops["wcfm"]
     floor = update_flops / throughput
 
+    names = ["sampler", "scoring", "critic", "wcfm", "divergence"]
+    sps_window = [args.learning_starts + args.burn_in, args.learning_starts + args.burn_in + args.sps_steps]
     rows = []
+
+    def part_cell(row, name):
+        if "parts" not in row:
+            return "not run"
+        sec = row["parts"][name]
+        return f"{sec * 1e3:.1f} ({sec / (part_flops[name] / throughput):.1f}x)"
+
+    def table() -> str:
+        lines = [
+            f"FMER update speed on {args.env_id} (obs {obs_dim}, act {act_dim}); B={B}, K={K}, N={N}, hidden={H}",
+            f"device: {device_name(device)}; torch {torch.__version__}; {datetime.date.today().isoformat()}",
+            f"one update = {update_flops / 1e9:.2f} GFLOP of matmuls; [{B * K}x{H}]@[{H}x{H}] runs at "
+            f"{throughput / 1e9:.0f} GFLOP/s here, so the FLOP floor of an update is {floor * 1e3:.1f} ms",
+            f"command: python benchmark/speed.py {' '.join(sys.argv[1:])}".rstrip(),
+            "",
+            "| mode | update (ms) | updates/s | x FLOP floor | SPS | " + " | ".join(f"{n} ms (x floor)" for n in names) + " |",
+            "| --- | ---: | ---: | ---: | ---: | " + " | ".join("---:" for _ in names) + " |",
+        ]
+        for row in rows:
+            sps = "running" if "sps" not in row else ("not run" if row["sps"] is None else f"{row['sps']:.1f}")
+            lines.append(f"| {row['mode']} | {row['update'] * 1e3:.1f} | {1 / row['update']:.2f} | "
+                         f"{row['floor_ratio']:.2f} | {sps} | " + " | ".join(part_cell(row, n) for n in names) + " |")
+        lines.append("")
+        lines.append("sampler and scoring run twice per update; SPS is over a real training run (env steps, acting, "
+                     f"updates), steps {sps_window[0]}-{sps_window[1]}.")
+        return "\n".join(lines)
+
+    def save():  # after every measurement: a run stopped midway keeps what it had measured
+        if args.output:
+            write_atomically(args.output, table() + "\n")
+        if args.json_output:
+            raw = {"env_id": args.env_id, "obs_dim": obs_dim, "act_dim": act_dim, "B": B, "K": K, "N": N, "hidden": H,
+                   "device": device_name(device), "torch": torch.__version__, "update_flops": update_flops,
+                   "part_flops": part_flops, "matmul_flops_per_s": throughput, "floor_s": floor,
+                   "sps_window_steps": sps_window if args.sps_steps > 0 else None, "rows": rows}
+            write_atomically(args.json_output, json.dumps(raw, indent=1) + "\n")
+
     for mode in modes:
         print(f"measuring {mode} ...", file=sys.stderr, flush=True)
         wrap = lambda fn: fm.fast_path(fn, "compile" in mode, "cudagraphs" in mode)  # noqa: E731
@@ -259,44 +317,15 @@ def main(args: Args):
             parts = {name: timed(wrap(fn), args.iters, args.warmup, device) for name, fn in setup.parts().items()}
             parts["divergence"] = parts.pop("wcfm+divergence") - parts["wcfm"]
             row["parts"] = parts
-        row["sps"] = measure_sps(args, mode) if args.sps_steps > 0 else None
+        if args.sps_steps == 0:
+            row["sps"] = None
         rows.append(row)
-
-    def part_cell(row, name):
-        if "parts" not in row:
-            return "not run"
-        sec = row["parts"][name]
-        return f"{sec * 1e3:.1f} ({sec / (part_flops[name] / throughput):.1f}x)"
-
-    names = ["sampler", "scoring", "critic", "wcfm", "divergence"]
-    lines = [
-        f"FMER update speed on {args.env_id} (obs {obs_dim}, act {act_dim}); B={B}, K={K}, N={N}, hidden={H}",
-        f"device: {device_name(device)}; torch {torch.__version__}; {datetime.date.today().isoformat()}",
-        f"one update = {update_flops / 1e9:.2f} GFLOP of matmuls; [{B * K}x{H}]@[{H}x{H}] runs at "
-        f"{throughput / 1e9:.0f} GFLOP/s here, so the FLOP floor of an update is {floor * 1e3:.1f} ms",
-        f"command: python benchmark/speed.py {' '.join(sys.argv[1:])}".rstrip(),
-        "",
-        "| mode | update (ms) | updates/s | x FLOP floor | SPS | " + " | ".join(f"{n} ms (x floor)" for n in names) + " |",
-        "| --- | ---: | ---: | ---: | ---: | " + " | ".join("---:" for _ in names) + " |",
-    ]
-    for row in rows:
-        sps = f"{row['sps']:.1f}" if row["sps"] is not None else "not run"
-        lines.append(f"| {row['mode']} | {row['update'] * 1e3:.1f} | {1 / row['update']:.2f} | {row['floor_ratio']:.2f} | "
-                     f"{sps} | " + " | ".join(part_cell(row, n) for n in names) + " |")
-    lines.append("")
-    lines.append("sampler and scoring run twice per update; SPS is over a real training run (env steps, acting, "
-                 f"updates), steps {args.learning_starts + args.burn_in}-"
-                 f"{args.learning_starts + args.burn_in + args.sps_steps}.")
-    publish(lines, args.output)
-    if args.json_output:
-        sps_window = [args.learning_starts + args.burn_in, args.learning_starts + args.burn_in + args.sps_steps]
-        raw = {"env_id": args.env_id, "obs_dim": obs_dim, "act_dim": act_dim, "B": B, "K": K, "N": N, "hidden": H,
-               "device": device_name(device), "torch": torch.__version__, "update_flops": update_flops,
-               "part_flops": part_flops, "matmul_flops_per_s": throughput, "floor_s": floor,
-               "sps_window_steps": sps_window if args.sps_steps > 0 else None, "rows": rows}
-        Path(args.json_output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json_output).write_text(json.dumps(raw, indent=1) + "\n")
-
+        save()
+        if args.sps_steps > 0:
+            print(f"measuring the SPS of a real run in mode {mode} ...", file=sys.stderr, flush=True)
+            row["sps"] = measure_sps(args, mode)
+            save()
+    print(table())
 
 if __name__ == "__main__":
     main(tyro.cli(Args))
