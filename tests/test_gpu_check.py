@@ -194,14 +194,19 @@ def test_runs_are_stopped_together_on_one_grace(tmp_path, monkeypatch):
     assert [r.proc.returncode for r in runs] == [-signal.SIGKILL] * 3 and not gpu_check.Run.live & set(runs)
 
 
-def test_children_die_with_the_check(tmp_path):
-    # A stand-in for the check: it starts a silent child (no output line would break its pipe), then is killed.
+def stand_in_check(tmp_path: Path, body: str) -> subprocess.Popen:
+    """A stand-in for the check: a process that imports gpu_check, runs body (which prints a line), then waits."""
     parent = tmp_path / "parent.py"
-    parent.write_text(f"import sys, time\nsys.path.insert(0, {str(ROOT)!r})\nfrom benchmark import gpu_check\n"
-                      f"run = gpu_check.Run('silent', [sys.executable, '-c', 'import time; time.sleep(600)'], {{}}, "
-                      f"gpu_check.Log({str(tmp_path / 'log.txt')!r}), {str(tmp_path)!r})\n"
-                      "print(run.proc.pid, flush=True)\ntime.sleep(600)\n")
-    proc = subprocess.Popen([sys.executable, parent], stdout=subprocess.PIPE, text=True)
+    parent.write_text(f"import os, sys, time\nsys.path.insert(0, {str(ROOT)!r})\nfrom benchmark import gpu_check\n"
+                      f"{body}\ntime.sleep(600)\n")
+    return subprocess.Popen([sys.executable, parent], stdout=subprocess.PIPE, text=True)
+
+
+def test_children_die_with_the_check(tmp_path):
+    # the stand-in starts a silent child (no output line would break its pipe), then is killed
+    proc = stand_in_check(tmp_path, f"run = gpu_check.Run('silent', [sys.executable, '-c', 'import time; time.sleep(600)'], "
+                                    f"{{}}, gpu_check.Log({str(tmp_path / 'log.txt')!r}), {str(tmp_path)!r})\n"
+                                    "print(run.proc.pid, flush=True)")
     child = int(proc.stdout.readline())
     cmdline = Path("/proc") / str(child) / "cmdline"
     wait_for(lambda: cmdline.read_bytes().split(b"\0")[2] == b"import time; time.sleep(600)", "the launcher's exec", 60)
@@ -240,12 +245,9 @@ def test_the_mps_daemon_is_stopped_however_the_check_ends(tmp_path):
     # the check is killed: the guard notices and stops the daemon
     pipe = tmp_path / "pipe2"
     pipe.mkdir()
-    parent = tmp_path / "parent.py"
-    parent.write_text(f"import os, sys, time\nsys.path.insert(0, {str(ROOT)!r})\nfrom benchmark import gpu_check\n"
-                      f"env = {{**os.environ, 'CUDA_MPS_PIPE_DIRECTORY': {str(pipe)!r}}}\n"
-                      f"guard, error = gpu_check.start_mps({str(control)!r}, env, gpu_check.Log({str(tmp_path / 'l2')!r}))\n"
-                      "print(error, flush=True)\ntime.sleep(600)\n")
-    proc = subprocess.Popen([sys.executable, parent], stdout=subprocess.PIPE, text=True)
+    proc = stand_in_check(tmp_path, f"env = {{**os.environ, 'CUDA_MPS_PIPE_DIRECTORY': {str(pipe)!r}}}\n"
+                                    f"guard, error = gpu_check.start_mps({str(control)!r}, env, "
+                                    f"gpu_check.Log({str(tmp_path / 'l2')!r}))\nprint(error, flush=True)")
     assert proc.stdout.readline().strip() == "None" and not gone(daemon(pipe))
     proc.kill()
     proc.wait()
