@@ -1,9 +1,9 @@
 # FMER: "Flow Matching Policy Optimization with Mirror Descent and Entropy Constraints" (2026)
-# FMER on the 2D multi-goal environment (Sec. 5.1, Fig. 3 and Fig. 7), with the pictures that show its modes.
-import copy
+# FMER on the 2D multi-goal environment (Sec. 5.1, Fig. 3 and Fig. 7); docs/multigoal/pictures.py draws its modes.
 import math
 import os
 import random
+import shutil
 import signal
 import sys
 import time
@@ -16,8 +16,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import tyro
-from matplotlib.figure import Figure  # the object API: no pyplot, no display, headless by construction
-from matplotlib.patches import Circle
 from torch.utils.tensorboard import SummaryWriter
 
 SCRIPT = os.path.basename(__file__)
@@ -44,7 +42,7 @@ class Args:
     cudagraphs: bool = False
     """replay the update and act functions as CUDA graphs (ours, as LeanRL; CUDA only; add --compile for full speed)"""
     save_model: bool = False
-    """save a checkpoint at every evaluation, at the end, and on Ctrl-C or a crash"""
+    """save a checkpoint at every evaluation (also kept as {exp_name}_{step}.fmer_model), at the end, on Ctrl-C or a crash"""
     run_name: str | None = None
     """the run's folder under runs/ (default: {env_id}__{exp_name}__{seed}__{unix time}); --resume auto finds it by name"""
     resume: str | None = None
@@ -55,14 +53,10 @@ class Args:
     """path of a checkpoint saved with --save-model (used with --eval-only)"""
     eval_only: bool = False
     """evaluate --checkpoint for --eval-episodes episodes and exit (env, width, K and N come from the checkpoint)"""
-    pictures_dir: str | None = None
-    """with --eval-only: also draw the pictures of the checkpoint into this folder"""
     log_frequency: int = 100
     """write the training losses to tensorboard every this many env steps"""
     progress_seconds: float = 30.0
     """print a progress line (step, SPS, ETA, last return) every this many seconds"""
-    plot_frequency: int = 5_000
-    """draw the pictures (PNG in the run folder, and tensorboard images) every this many env steps"""
 
     # Algorithm specific arguments
     max_episode_steps: int = 50
@@ -149,42 +143,29 @@ class MultiGoalEnv(gym.Env):
         return self.position.astype(np.float32), float(reward), terminated, False, {}
 
 
-class RememberResetRNG(gym.Wrapper):
-    """Keeps the env's RNG state from just before its latest reset (None once the episode has taken a step): a resumed
-    run redoes that reset exactly. The physics of an episode cut midway is not saved; the resumed run starts a new one."""
-
-    def rng(self) -> np.random.Generator:
-        return self.unwrapped.np_random
-
-    def reset(self, **kwargs):
-        self.rng_state = copy.deepcopy(self.rng().bit_generator.state)
-        return super().reset(**kwargs)
-
-    def step(self, action):
-        self.rng_state = None
-        return super().step(action)
-
-
 def make_env(max_episode_steps: int, seed: int):
     def thunk():
         env = gym.wrappers.TimeLimit(MultiGoalEnv(), max_episode_steps)
         env = gym.wrappers.RecordEpisodeStatistics(env)
-        env = RememberResetRNG(env)
-        env.action_space.seed(seed)
-        return env
+        return RememberResetRNG(env)  # for exact resume only (Run management, below); changes nothing in the run
 
     return thunk
 
 
 def make_vector_env(max_episode_steps: int, num_envs: int, seed: int) -> gym.vector.SyncVectorEnv:
     # SAME_STEP autoreset: the next observation of an ended episode is the reset one, its true last one is in infos.
-    return gym.vector.SyncVectorEnv([make_env(max_episode_steps, seed + i) for i in range(num_envs)],
-                                    autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    thunks = [make_env(max_episode_steps, seed + i) for i in range(num_envs)]
+    return gym.vector.SyncVectorEnv(thunks, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+
+
+# ==== FMER: the networks, one function per equation, the updates and the evaluation ====
 
 
 def mish_with_derivative(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mish, x * tanh(softplus(x)), and its derivative, which the divergence needs (Eq. 15-16), with one exp:
-    tanh(log(1 + e^x)) = n / (n + 2), n = e^x (e^x + 2); F.mish to float32 rounding, fused by torch.compile."""
+    """Mish, x * tanh(softplus(x)), and its derivative, which the divergence needs (Eq. 15-16).
+
+    With one exp: tanh(log(1 + e^x)) = n / (n + 2), where n = e^x (e^x + 2). Equal to F.mish up to float32
+    rounding; torch.compile fuses it into one kernel."""
     e = torch.exp(x.clamp(max=20.0))  # past 20, n / (n + 2) is 1 in float32
     n = e * (e + 2.0)
     tanh_softplus = n / (n + 2.0)
@@ -198,8 +179,10 @@ def mish(x: torch.Tensor) -> torch.Tensor:
 
 class VelocityField(nn.Module):
     """v_theta(x, t, s): the flow's velocity in the latent space (Sec. 4.1), an MLP on [s, x, t] with 3 hidden
-    Mish layers. Its first layer W [s, x, t] + b is kept as two parts, (W_s s + b) + W_xt [x, t]: the state
-    part is computed once per state (embed_obs) and shared by the K candidates and the N Euler steps."""
+    Mish layers.
+
+    Its first layer, W [s, x, t] + b, is kept as two parts, (W_s s + b) + W_xt [x, t]: the state's part is computed
+    once per state (embed_obs) and shared by the K candidates and the N Euler steps."""
 
     def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int = 256):
         super().__init__()
@@ -215,22 +198,28 @@ class VelocityField(nn.Module):
         """The state's part of the first layer: obs [..., obs_dim] -> [..., hidden_dim]."""
         return self.obs_layer(obs)
 
-    def forward(self, obs_embedding: torch.Tensor, x: torch.Tensor, t: torch.Tensor, probe: torch.Tensor | None = None):
-        """obs_embedding [..., hidden] (broadcasts), x [..., act_dim], t [..., 1] -> v [..., act_dim]. With a probe
-        e, also (dv/dx) e, pushed forward alongside v: no double backward for the divergence, and it compiles."""
+    def forward(self, obs_embedding: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """obs_embedding [..., hidden] (broadcasts), x [..., act_dim], t [..., 1] -> v [..., act_dim]."""
         z = obs_embedding + self.xt_layer(torch.cat([x, t], dim=-1))  # raw t is enough for 10 Euler steps
-        dz = None if probe is None else F.linear(probe, self.xt_layer.weight[:, : self.act_dim])
         for layer in self.layers:
-            if dz is None:
-                z = layer(mish(z))
-            else:
-                h, slope = mish_with_derivative(z)
-                z, dz = layer(h), F.linear(slope * dz, layer.weight)
-        return z if dz is None else (z, dz)
+            z = layer(mish(z))
+        return z
+
+    def forward_with_jvp(self, obs_embedding: torch.Tensor, x: torch.Tensor, t: torch.Tensor, probe: torch.Tensor):
+        """v as forward() computes it, and (dv/dx) e for a probe e [..., act_dim], pushed forward layer by layer beside
+        v: the divergence (Eq. 15-16) then needs no double backward. Written by hand because torch.compile cannot
+        differentiate torch.func.jvp here (torch 2.13: "ZeroTensors are immutable", from t's zero tangent)."""
+        z = obs_embedding + self.xt_layer(torch.cat([x, t], dim=-1))
+        dz = F.linear(probe, self.xt_layer.weight[:, : self.act_dim])  # d z / dx applied to e
+        for layer in self.layers:
+            h, slope = mish_with_derivative(z)
+            z, dz = layer(h), F.linear(slope * dz, layer.weight)
+        return z, dz
 
 
 class TwinQ(nn.Module):
-    """Both critics as one batched module (weights [2, in, out]); the first layer's state part is shared by K candidates."""
+    """Both critics Q1, Q2 as one batched module: each weight is [2, in, out]. The first layer's state part is
+    computed once per state and shared by the K candidate actions."""
 
     def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int = 256, num_q: int = 2):
         super().__init__()
@@ -253,14 +242,14 @@ class TwinQ(nn.Module):
         per_action = torch.matmul(action.reshape(-1, action.shape[-1]), self.action_weight)  # [2, B * K, H]
         h = (per_action.unflatten(1, (obs.shape[0], -1)) + per_state.unsqueeze(2)).flatten(1, 2)  # K = 1 for [B, act_dim]
         for w, b in zip(self.weights, self.biases):
-            h = torch.baddbmm(b, mish(h), w)  # [2, rows, in] @ [2, in, out] + [2, 1, out]
+            h = torch.baddbmm(b, mish(h), w)  # [2, B * K, in] @ [2, in, out] + [2, 1, out]
         return h.reshape(out_shape)
 
 
 @torch.no_grad()  # the samples are never differentiated (torch.inference_mode breaks torch.compile in torch 2.11)
 def sample_candidates(velocity: VelocityField, obs: torch.Tensor, num_candidates: int, num_steps: int) -> torch.Tensor:
-    """Eq. 10: K latent samples per state by Euler integration of the flow ODE: obs [B, obs_dim] -> latents
-    u [B, K, act_dim]. Actions are tanh(u); keep u itself, since atanh(tanh(u)) is inf once tanh saturates."""
+    """Eq. 10: K latent samples per state by Euler integration of the flow ODE from x_0 ~ N(0, I): obs [B, obs_dim] ->
+    latents u [B, K, act_dim]. Actions are tanh(u); keep u itself, since atanh(tanh(u)) is inf once tanh saturates."""
     obs_embedding = velocity.embed_obs(obs).unsqueeze(1)  # [B, 1, hidden], shared by the K candidates
     x = torch.randn(obs.shape[0], num_candidates, velocity.act_dim, device=obs.device)
     t = torch.empty(*x.shape[:2], 1, device=obs.device)
@@ -283,19 +272,22 @@ def best_of_k_actions(velocity: VelocityField, critic: TwinQ, obs: torch.Tensor,
 
 
 def advantage_weights(q: torch.Tensor, beta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eq. 13-14: softmax weights over the K candidates of q [B, K] and their ESS in [1, K]; V(s) cancels, so Q serves."""
+    """Eq. 13-14: the mirror-descent weights w_i = softmax_i(Q(s, a_i) / beta) over the K candidates of q [B, K], and
+    their effective sample size ESS = 1 / sum_i w_i^2, in [1, K]. V(s) cancels in the softmax, so Q serves as A."""
     weights = torch.softmax(q / beta, dim=1)
     ess = 1.0 / weights.pow(2).sum(dim=1)
     return weights, ess
 
 
-def bellman_target(rewards: torch.Tensor, terminations: torch.Tensor, next_q: torch.Tensor, gamma: float) -> torch.Tensor:
-    """Eq. 20, best of K at s': y = r + gamma * (1 - terminated) * max_i Q'(s', a'_i); truncations bootstrap."""
-    return rewards + gamma * (1.0 - terminations) * next_q.max(dim=1).values
+def default_ess_target(num_candidates: int) -> float:
+    """The ESS that beta tracks: K / 2 (ours, from the paper's 4 of K = 8). A fixed 4 would force uniform weights at
+    K = 4, since ESS <= K."""
+    return max(1.0, num_candidates / 2)
 
 
 def weighted_cfm_loss(v: torch.Tensor, u: torch.Tensor, x0: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Eq. 11: sum_i w_i * ||v_theta(x_t, t, s) - (u_i - x0)||^2, averaged over states."""
+    """Eq. 11, the weighted conditional flow-matching loss: sum_i w_i * ||v_theta(x_t, t, s) - (u_i - x0)||^2 over the
+    K candidates u_i of each state, averaged over states."""
     per_candidate = (v - (u - x0)).pow(2).sum(dim=-1)  # [B, K]
     return (weights * per_candidate).sum(dim=1).mean()
 
@@ -306,7 +298,8 @@ def hutchinson_divergence(jvp: torch.Tensor, probe: torch.Tensor) -> torch.Tenso
 
 
 def tanh_corrected_divergence(div_x: torch.Tensor, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Prop. 1 (Eq. 17): divergence of the induced field (1 - tanh(x)^2) v in action space."""
+    """Prop. 1 (Eq. 17): the divergence, in action space a = tanh(x), of the induced field (1 - tanh(x)^2) v:
+    div_a = div_x v - 2 tanh(x) . v."""
     return div_x - 2.0 * (torch.tanh(x) * v).sum(dim=-1)
 
 
@@ -322,15 +315,19 @@ def tanh_gaussian_entropy_per_dim() -> float:
 H_A0_PER_DIM = tanh_gaussian_entropy_per_dim()
 
 
-def flow_losses(velocity: VelocityField, obs: torch.Tensor, u: torch.Tensor,
-                weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """WCFM loss (Eq. 11) and the absolute action-space entropy estimate H_hat (Eq. 15-17), from
-    one forward pass on the OT path x_t = (1 - t) x0 + t u_i through the K candidates of each state."""
+def flow_losses(
+    velocity: VelocityField, obs: torch.Tensor, u: torch.Tensor, weights: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The WCFM loss (Eq. 11) and the absolute action-space entropy estimate H_hat (Eq. 15-17), from one forward pass
+    on the OT path x_t = (1 - t) x0 + t u_i through the K candidates u [B, K, act_dim] of each state.
+
+    H_hat = d * H(a_0) + E[div_a]: the entropy of the start action a_0 (the noise x0, as an action) plus the mean
+    divergence of the field that moves the actions along the path (the instantaneous change of variables)."""
     t = torch.rand(*u.shape[:-1], 1, device=u.device)
     x0 = torch.randn_like(u)
     x_t = (1.0 - t) * x0 + t * u
     probe = torch.randint(0, 2, u.shape, device=u.device, dtype=u.dtype) * 2.0 - 1.0
-    v, jvp = velocity(velocity.embed_obs(obs).unsqueeze(1), x_t, t, probe)
+    v, jvp = velocity.forward_with_jvp(velocity.embed_obs(obs).unsqueeze(1), x_t, t, probe)
     wcfm = weighted_cfm_loss(v, u, x0, weights)
     div_a = tanh_corrected_divergence(hutchinson_divergence(jvp, probe), x_t, v)
     # Unweighted mean: the candidates are samples of the policy whose entropy this is.
@@ -339,8 +336,9 @@ def flow_losses(velocity: VelocityField, obs: torch.Tensor, u: torch.Tensor,
 
 
 def dual_update(log_param: torch.Tensor, optimizer: torch.optim.Optimizer, measured: torch.Tensor, target) -> torch.Tensor:
-    """One step of dual descent on log(param), clamped so that exp() stays finite: it falls while measured > target,
-    rises while below. beta: mean ESS (too uniform -> sharpen); alpha: entropy (above target -> weaker bonus)."""
+    """One step of dual descent on log(param), clamped so that exp() stays finite: it falls while measured > target
+    and rises while below. beta: on the mean ESS (too uniform -> sharpen); alpha: on the entropy (above target ->
+    a weaker bonus)."""
     loss = log_param * (measured.detach() - target)
     optimizer.zero_grad()
     loss.backward()
@@ -354,112 +352,54 @@ def linear_schedule(start: float, end: float, fraction: float) -> float:
     return start + (end - start) * min(max(fraction, 0.0), 1.0)
 
 
-class ReplayBuffer:
-    """Transitions as tensors on the training device; actions stored in [-1, 1]. Only filled rows are ever read."""
-
-    FIELDS = ("obs", "next_obs", "actions", "rewards", "terminations")
-
-    def __init__(self, capacity: int, obs_dim: int, act_dim: int, device: torch.device):
-        self.capacity, self.pos, self.size, self.device = capacity, 0, 0, device
-        self.obs = torch.empty(capacity, obs_dim, device=device)  # empty, not zeros: 1M rows take no time to allocate
-        self.next_obs = torch.empty(capacity, obs_dim, device=device)
-        self.actions = torch.empty(capacity, act_dim, device=device)
-        self.rewards = torch.empty(capacity, device=device)
-        self.terminations = torch.empty(capacity, device=device)
-
-    def add(self, obs, next_obs, actions, rewards, terminations):
-        """One vector step, n rows: on a GPU, one host-to-device copy (pinned, non-blocking) and an index made there."""
-        n = len(obs)
-        fields = [torch.as_tensor(np.asarray(val, dtype=np.float32)).reshape(n, -1)
-                  for val in (obs, next_obs, actions, rewards, terminations)]
-        rows = torch.cat(fields, dim=1)
-        rows = (rows.pin_memory() if self.device.type == "cuda" else rows).to(self.device, non_blocking=True)
-        idx = (self.pos + torch.arange(n, device=self.device)) % self.capacity
-        for name, part in zip(self.FIELDS, rows.split([f.shape[1] for f in fields], dim=1)):
-            buffer = getattr(self, name)
-            buffer[idx] = part.reshape(n, *buffer.shape[1:])
-        self.pos = (self.pos + n) % self.capacity
-        self.size = min(self.size + n, self.capacity)
-
-    def sample(self, batch_size: int):
-        idx = torch.randint(0, self.size, (batch_size,), device=self.device)
-        return self.obs[idx], self.actions[idx], self.rewards[idx], self.next_obs[idx], self.terminations[idx]
-
-    def state_dict(self) -> dict:
-        """The filled part only."""
-        return {"pos": self.pos, "size": self.size,
-                **{name: getattr(self, name)[: self.size].to("cpu", copy=True) for name in self.FIELDS}}
-
-    def load_state_dict(self, state: dict) -> None:
-        for name in self.FIELDS:
-            getattr(self, name)[: state["size"]] = state[name]
-        self.size = state["size"]  # a raised --total-timesteps can enlarge an unwrapped buffer: append after it
-        self.pos = state["pos"] if self.size == self.capacity else self.size
+def bellman_target(rewards: torch.Tensor, terminations: torch.Tensor, next_q: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Eq. 20, best of K at s': y = r + gamma * (1 - terminated) * max_i Q'(s', a'_i); truncations bootstrap."""
+    return rewards + gamma * (1.0 - terminations) * next_q.max(dim=1).values
 
 
-def finished_episodes(infos: dict) -> list[tuple[int, float, int]]:
-    """(env index, return, length) of each episode that ended on this vector step."""
-    if "final_info" not in infos or "_episode" not in infos["final_info"]:
-        return []
-    episode = infos["final_info"]["episode"]
-    return [(int(i), float(episode["r"][i]), int(episode["l"][i])) for i in np.flatnonzero(infos["final_info"]["_episode"])]
-
-
-def true_next_obs(next_obs: np.ndarray, infos: dict) -> np.ndarray:
-    """With SAME_STEP autoreset, next_obs of an env whose episode just ended is already the reset
-    observation; the true last one is infos["final_obs"]."""
-    real_next_obs = next_obs.copy()
-    if "final_obs" in infos:
-        for i in np.flatnonzero(infos["_final_obs"]):
-            real_next_obs[i] = infos["final_obs"][i]
-    return real_next_obs
-
-
-def add_vector_step(rb: ReplayBuffer, obs, actions, next_obs, rewards, terminations, infos) -> None:
-    """Store one vector step with its true next observations. Only termination stops the
-    bootstrap; a truncated (time-limit) transition is stored as non-terminal."""
-    rb.add(obs, true_next_obs(next_obs, infos), actions, rewards, terminations)
-
-
-def update_critic(batch, actor, critic, target_critic, critic_optimizer, gamma, tau, num_candidates, num_steps):
-    """Eq. 19-20: regress both critics on the best-of-K target; a'* is chosen and valued by
-    min(Q1', Q2') of the target critics (ours). Then the Polyak step of the target critics."""
+def update_critic(batch, actor, critic, target_critic, critic_opt, gamma, tau, K, N):
+    """Eq. 19-20: regress both critics on the best-of-K target; a'* is chosen and valued by min(Q1', Q2') of the
+    target critics (ours), over K candidates of N Euler steps. Then the Polyak step of the target critics."""
     obs, actions, rewards, next_obs, terminations = batch
     with torch.no_grad():
-        next_actions = torch.tanh(sample_candidates(actor, next_obs, num_candidates, num_steps))
+        next_actions = torch.tanh(sample_candidates(actor, next_obs, K, N))
         next_q = score_candidates(target_critic, next_obs, next_actions)
         target = bellman_target(rewards, terminations, next_q, gamma)
     q = critic(obs, actions)  # [2, B]
     qf_loss = (q - target).pow(2).mean(dim=1).sum()  # Eq. 19, summed over the twins
-    critic_optimizer.zero_grad()
+    critic_opt.zero_grad()
     qf_loss.backward()
-    critic_optimizer.step()
+    critic_opt.step()
     with torch.no_grad():
         torch._foreach_lerp_(list(target_critic.parameters()), list(critic.parameters()), tau)
     return {"losses/qf_loss": qf_loss.detach(), "losses/qf_values": q.detach().mean()}
 
 
-def update_actor(obs, actor, critic, actor_optimizer, log_alpha, alpha_optimizer, log_beta, beta_optimizer,
-                 num_candidates, num_steps, ess_target, target_entropy):
-    """Eq. 8: minimise L_WCFM + alpha * L_H over fresh candidates, then one dual step each on
-    beta (toward the target ESS) and alpha (toward the target entropy)."""
+def update_actor(obs, actor, critic, actor_opt, log_alpha, alpha_opt, log_beta, beta_opt, K, N, ess_target, target_entropy):
+    """Eq. 8: minimise L_WCFM + alpha * L_H over K fresh candidates (N Euler steps), then one dual step each on beta
+    (toward the target ESS) and alpha (toward the target entropy)."""
     with torch.no_grad():
-        u = sample_candidates(actor, obs, num_candidates, num_steps)
+        u = sample_candidates(actor, obs, K, N)
         q = score_candidates(critic, obs, torch.tanh(u))
         weights, ess = advantage_weights(q, log_beta.exp())
     wcfm, entropy = flow_losses(actor, obs, u, weights)
     entropy_loss = -entropy  # Eq. 18
     actor_loss = wcfm + log_alpha.exp().detach() * entropy_loss
-    actor_optimizer.zero_grad()
+    actor_opt.zero_grad()
     actor_loss.backward()
-    actor_optimizer.step()
-    beta_loss = dual_update(log_beta, beta_optimizer, ess.mean(), ess_target)
-    alpha_loss = dual_update(log_alpha, alpha_optimizer, entropy, target_entropy)
+    actor_opt.step()
+    beta_loss = dual_update(log_beta, beta_opt, ess.mean(), ess_target)
+    alpha_loss = dual_update(log_alpha, alpha_opt, entropy, target_entropy)
     return {
-        "losses/wcfm_loss": wcfm.detach(), "losses/entropy_loss": entropy_loss.detach(),
-        "losses/actor_loss": actor_loss.detach(), "losses/alpha": log_alpha.detach().exp(),
-        "losses/alpha_loss": alpha_loss, "losses/beta": log_beta.detach().exp(),
-        "losses/beta_loss": beta_loss, "charts/ess": ess.mean(), "charts/entropy": entropy.detach(),
+        "losses/wcfm_loss": wcfm.detach(),
+        "losses/entropy_loss": entropy_loss.detach(),
+        "losses/actor_loss": actor_loss.detach(),
+        "losses/alpha": log_alpha.detach().exp(),
+        "losses/alpha_loss": alpha_loss,
+        "losses/beta": log_beta.detach().exp(),
+        "losses/beta_loss": beta_loss,
+        "charts/ess": ess.mean(),
+        "charts/entropy": entropy.detach(),
     }
 
 
@@ -533,123 +473,111 @@ def evaluate_modes(actor, critic, eval_envs, sample_envs, action_scale, action_b
     states = field_states()
     obs = torch.as_tensor(states, dtype=torch.float32, device=device)
     field = best_of_k_actions(actor, critic, obs, num_candidates, num_steps).cpu().numpy()
-    return {"returns": returns, "lengths": lengths, "paths": paths, "sample_returns": sample_returns,
-            "sample_paths": sample_paths, "field_states": states, "field_actions": field}
+    return {
+        "returns": returns,
+        "lengths": lengths,
+        "paths": paths,
+        "sample_returns": sample_returns,
+        "sample_paths": sample_paths,
+        "field_states": states,
+        "field_actions": field,
+    }
 
 
 def describe_modes(result: dict) -> str:
     """One line: goals reached best-of-K and by the policy's samples, and the nearest-goal fraction."""
     paths, samples = result["paths"], result["sample_paths"]
-    return (f"{goals_reached(paths)} goals reached best-of-K (episodes per goal, right/left/up/down: {per_goal(paths)}), "
-            f"{goals_reached(samples)} by the policy's samples ({per_goal(samples)}), nearest-goal fraction "
-            f"{nearest_goal_fraction(result['field_states'], result['field_actions']):.2f}")
+    return (
+        f"{goals_reached(paths)} goals reached best-of-K (episodes per goal, right/left/up/down: {per_goal(paths)}), "
+        f"{goals_reached(samples)} by the policy's samples ({per_goal(samples)}), nearest-goal fraction "
+        f"{nearest_goal_fraction(result['field_states'], result['field_actions']):.2f}"
+    )
 
 
-# Pictures (Fig. 3, Fig. 7). Each function returns a matplotlib Figure; nothing is shown on screen.
-PROBE_STATES = np.array([[0.0, 0.0], [2.5, 2.5], [-2.5, -2.5], [0.0, 3.0]])  # start, between goals, on a path
+class ReplayBuffer:
+    """Transitions as tensors on the training device; actions stored in [-1, 1]. Only filled rows are ever read."""
+
+    FIELDS = ("obs", "next_obs", "actions", "rewards", "terminations")
+
+    def __init__(self, capacity: int, obs_dim: int, act_dim: int, device: torch.device):
+        self.capacity, self.pos, self.size, self.device = capacity, 0, 0, device
+        self.obs = torch.empty(capacity, obs_dim, device=device)  # empty, not zeros: 1M rows take no time to allocate
+        self.next_obs = torch.empty(capacity, obs_dim, device=device)
+        self.actions = torch.empty(capacity, act_dim, device=device)
+        self.rewards = torch.empty(capacity, device=device)
+        self.terminations = torch.empty(capacity, device=device)
+
+    def add(self, obs, next_obs, actions, rewards, terminations):
+        """One vector step, n rows: on a GPU, one host-to-device copy (pinned, non-blocking) and an index made there."""
+        n = len(obs)
+        values = (obs, next_obs, actions, rewards, terminations)
+        fields = [torch.as_tensor(np.asarray(val, dtype=np.float32)).reshape(n, -1) for val in values]
+        rows = torch.cat(fields, dim=1)
+        rows = (rows.pin_memory() if self.device.type == "cuda" else rows).to(self.device, non_blocking=True)
+        idx = (self.pos + torch.arange(n, device=self.device)) % self.capacity
+        for name, part in zip(self.FIELDS, rows.split([f.shape[1] for f in fields], dim=1)):
+            buffer = getattr(self, name)
+            buffer[idx] = part.reshape(n, *buffer.shape[1:])
+        self.pos = (self.pos + n) % self.capacity
+        self.size = min(self.size + n, self.capacity)
+
+    def sample(self, batch_size: int):
+        idx = torch.randint(0, self.size, (batch_size,), device=self.device)
+        return self.obs[idx], self.actions[idx], self.rewards[idx], self.next_obs[idx], self.terminations[idx]
+
+    def state_dict(self) -> dict:
+        """The filled part only."""
+        filled = {name: getattr(self, name)[: self.size].to("cpu", copy=True) for name in self.FIELDS}
+        return {"pos": self.pos, "size": self.size, **filled}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name in self.FIELDS:
+            getattr(self, name)[: state["size"]] = state[name]
+        self.size = state["size"]  # a raised --total-timesteps can enlarge an unwrapped buffer: append after it
+        self.pos = state["pos"] if self.size == self.capacity else self.size
 
 
-def draw_landscape(ax) -> None:
-    """Contours of the reward's state part, -min_g |s - g|^2, and the four goal discs."""
-    xs = np.linspace(-WALL, WALL, 141)
-    grid = np.stack(np.meshgrid(xs, xs), axis=-1)
-    ax.contourf(xs, xs, -((grid[..., None, :] - GOALS) ** 2).sum(-1).min(-1), levels=20, cmap="viridis")
-    for goal in GOALS:
-        ax.add_patch(Circle(goal, GOAL_RADIUS, fill=False, color="red", linewidth=1.5))
-    ax.set_xlim(-WALL, WALL)
-    ax.set_ylim(-WALL, WALL)
-    ax.set_aspect("equal")
+def finished_episodes(infos: dict) -> list[tuple[int, float, int]]:
+    """(env index, return, length) of each episode that ended on this vector step."""
+    if "final_info" not in infos or "_episode" not in infos["final_info"]:
+        return []
+    episode = infos["final_info"]["episode"]
+    return [(int(i), float(episode["r"][i]), int(episode["l"][i])) for i in np.flatnonzero(infos["final_info"]["_episode"])]
 
 
-def plot_trajectories(paths: list[np.ndarray], step: int, how: str = "best-of-K") -> Figure:
-    """(a) The evaluation episodes from the start state on the reward landscape."""
-    fig = Figure(figsize=(5, 5))
-    ax = fig.add_subplot()
-    draw_landscape(ax)
-    for path in paths:
-        ax.plot(path[:, 0], path[:, 1], color="white", linewidth=0.8, alpha=0.7)
-    ax.set_title(f"(a) {len(paths)} evaluation episodes, {how}, step {step}:\n{goals_reached(paths)} goals reached "
-                 f"(episodes right/left/up/down: {per_goal(paths)})", fontsize=10)
-    return fig
+def true_next_obs(next_obs: np.ndarray, infos: dict) -> np.ndarray:
+    """With SAME_STEP autoreset, next_obs of an env whose episode just ended is already the reset
+    observation; the true last one is infos["final_obs"]."""
+    real_next_obs = next_obs.copy()
+    if "final_obs" in infos:
+        for i in np.flatnonzero(infos["_final_obs"]):
+            real_next_obs[i] = infos["final_obs"][i]
+    return real_next_obs
 
 
-@torch.no_grad()
-def candidate_snapshot(actor, critic, num_candidates, num_steps, draws, device) -> tuple[np.ndarray, np.ndarray]:
-    """For each probe state, `draws` sets of K candidate actions and the one chosen from each set:
-    ([S, draws * K, 2], [S, draws, 2])."""
-    obs = torch.as_tensor(np.repeat(PROBE_STATES, draws, axis=0), dtype=torch.float32, device=device)
-    candidates = torch.tanh(sample_candidates(actor, obs, num_candidates, num_steps))  # [S * draws, K, 2]
-    chosen = candidates[torch.arange(len(obs)), score_candidates(critic, obs, candidates).argmax(dim=1)]
-    S = len(PROBE_STATES)
-    return candidates.reshape(S, -1, 2).cpu().numpy(), chosen.reshape(S, draws, 2).cpu().numpy()
+def add_vector_step(rb: ReplayBuffer, obs, actions, next_obs, rewards, terminations, infos) -> None:
+    """Store one vector step with its true next observations. Only termination stops the
+    bootstrap; a truncated (time-limit) transition is stored as non-terminal."""
+    rb.add(obs, true_next_obs(next_obs, infos), actions, rewards, terminations)
 
 
-def draw_candidates(ax, state: np.ndarray, candidates: np.ndarray, chosen: np.ndarray) -> None:
-    """Action space at one state: the candidates (grey), the chosen ones (red), and the direction
-    of each goal (dotted)."""
-    for goal in GOALS:
-        direction = (goal - state) / np.linalg.norm(goal - state)
-        ax.plot([0, direction[0]], [0, direction[1]], color="black", linestyle=":", linewidth=0.8)
-    ax.scatter(candidates[:, 0], candidates[:, 1], s=3, color="grey", alpha=0.4)
-    ax.scatter(chosen[:, 0], chosen[:, 1], s=10, color="red")
-    ax.set_xlim(-1.05, 1.05)
-    ax.set_ylim(-1.05, 1.05)
-    ax.set_aspect("equal")
+# ==== Run management, not FMER: checkpoints and exact resume, argument and env checks, logging, the fast path ====
 
 
-def plot_candidates(snapshot, step: int) -> Figure:
-    """(b) Where the K candidates land at the probe states, and which one best-of-K picks."""
-    fig = Figure(figsize=(3 * len(PROBE_STATES), 3.4))
-    for ax, state, candidates, chosen in zip(fig.subplots(1, len(PROBE_STATES)), PROBE_STATES, *snapshot):
-        draw_candidates(ax, state, candidates, chosen)
-        ax.set_title(f"s = ({state[0]:g}, {state[1]:g})")
-    fig.suptitle(f"(b) candidate actions (grey) and the chosen ones (red), step {step}")
-    return fig
+class RememberResetRNG(gym.Wrapper):
+    """Keeps the env's RNG state from just before its latest reset (None once the episode has taken a step): a resumed
+    run redoes that reset exactly. The physics of an episode cut midway is not saved; the resumed run starts a new one."""
 
+    def rng(self) -> np.random.Generator:
+        return self.unwrapped.np_random
 
-def plot_evolution(snapshots: list) -> Figure:
-    """(d) Picture (b) early, midway and at the latest step of training, side by side (Fig. 7)."""
-    picked = [snapshots[0], snapshots[len(snapshots) // 2], snapshots[-1]]
-    fig = Figure(figsize=(9, 3 * len(PROBE_STATES)))
-    axes = fig.subplots(len(PROBE_STATES), 3, squeeze=False)
-    for col, (step, (candidates, chosen)) in enumerate(picked):
-        for row, state in enumerate(PROBE_STATES):
-            draw_candidates(axes[row, col], state, candidates[row], chosen[row])
-            axes[row, col].set_title(f"s = ({state[0]:g}, {state[1]:g}), step {step}", fontsize=9)
-    fig.suptitle("(d) candidates over training: early, middle, latest")
-    return fig
+    def reset(self, **kwargs):
+        self.rng_state = self.rng().bit_generator.state  # a new dict, a snapshot
+        return super().reset(**kwargs)
 
-
-def plot_arrow_field(states: np.ndarray, actions: np.ndarray, step: int) -> Figure:
-    """(c) The chosen (best-of-K) action at the states of field_states(), as in Fig. 3: red where it
-    points toward the nearest goal (within 45 deg), white where not."""
-    fig = Figure(figsize=(5, 5))
-    ax = fig.add_subplot()
-    draw_landscape(ax)
-    ok = points_to_nearest_goal(states, actions)
-    ax.quiver(states[:, 0], states[:, 1], actions[:, 0], actions[:, 1], color=np.where(ok, "red", "white"),
-              angles="xy", scale_units="xy", scale=1.0, width=0.004)
-    ax.set_title(f"(c) chosen action at each state, step {step}:\n{ok.mean():.2f} of {len(ok)} states point to "
-                 "the nearest goal", fontsize=10)
-    return fig
-
-
-def mode_pictures(result: dict, snapshots: list, step: int) -> dict:
-    """The pictures of one evaluate_modes() result and the candidate snapshots so far."""
-    return {"trajectories": plot_trajectories(result["paths"], step),
-            "trajectories_samples": plot_trajectories(result["sample_paths"], step, "one flow sample per step"),
-            "candidates": plot_candidates(snapshots[-1][1], step),
-            "arrow_field": plot_arrow_field(result["field_states"], result["field_actions"], step),
-            "evolution": plot_evolution(snapshots)}
-
-
-def save_pictures(figures: dict, run_dir: str, writer: SummaryWriter | None, step: int) -> None:
-    """Each figure as run_dir/{name}_{step}.png and, with a writer, as the tensorboard image images/{name}."""
-    os.makedirs(run_dir, exist_ok=True)
-    for name, fig in figures.items():
-        fig.savefig(os.path.join(run_dir, f"{name}_{step:07d}.png"), dpi=90)
-        if writer is not None:
-            writer.add_figure(f"images/{name}", fig, step)
+    def step(self, action):
+        self.rng_state = None
+        return super().step(action)
 
 
 def save_atomically(state: dict, path: str) -> bool:
@@ -665,8 +593,9 @@ def save_atomically(state: dict, path: str) -> bool:
 
 def save_checkpoint(path, actor, critic, log_alpha, log_beta, args, step: int) -> bool:
     """The small model file of --save-model, for evaluation and sharing."""
-    return save_atomically({"actor": actor.state_dict(), "critic": critic.state_dict(), "log_alpha": log_alpha.detach(),
-                            "log_beta": log_beta.detach(), "args": vars(args), "step": step}, path)
+    duals = {"log_alpha": log_alpha.detach(), "log_beta": log_beta.detach()}
+    nets = {"actor": actor.state_dict(), "critic": critic.state_dict(), **duals}
+    return save_atomically({**nets, "args": vars(args), "step": step}, path)
 
 
 def load_file(path: str, what: str, keys: set) -> dict:
@@ -685,46 +614,126 @@ def load_file(path: str, what: str, keys: set) -> dict:
 
 
 def load_optimizer(optimizer: torch.optim.Optimizer, saved: dict, capturable: bool) -> None:
-    """optimizer.load_state_dict(saved), fitted to this run's device and flags. load_state_dict replaces each param group
-    by the saved one: a tensor learning rate (the device tensor the loop fills, which a compiled or captured step reads)
-    is put back, holding the saved value, and capturable (a CUDA run saves True) is set for this run, its step counts
-    moved to match (capturable: on the parameters' device; else on the CPU)."""
+    """optimizer.load_state_dict(saved), fitted to this run's device and flags, whichever run saved it."""
     lrs = [group["lr"] for group in optimizer.param_groups]
-    optimizer.load_state_dict(saved)
+    optimizer.load_state_dict(saved)  # replaces each param group by the saved one
     for group, lr in zip(optimizer.param_groups, lrs):
         if isinstance(lr, torch.Tensor):
-            group["lr"] = lr.copy_(torch.as_tensor(group["lr"]))
-        group["capturable"] = capturable
+            group["lr"] = lr.copy_(torch.as_tensor(group["lr"]))  # the tensor a compiled or captured step reads
+        group["capturable"] = capturable  # this run's, with the step counts where it needs them
         for param in group["params"]:
             if "step" in optimizer.state.get(param, {}):
                 step = optimizer.state[param]["step"]
                 optimizer.state[param]["step"] = step.to(param.device if capturable else "cpu", torch.float32)
 
 
-def resumed_args(args: Args, saved: dict) -> Args:
-    """The saved run's args. A flag given now that differs from both its default and the saved value
-    is an error, except those that do not change the run; --total-timesteps may only rise."""
-    defaults, free = Args(), ("resume", "cuda", "compile", "cudagraphs", "progress_seconds", "total_timesteps",
-                              "track")
+# The flags a resumed run may change, since they do not change the run (--total-timesteps only up).
+RESUME_MAY_CHANGE = "resume cuda compile cudagraphs progress_seconds total_timesteps track".split()
+
+
+def resolve_run(args: Args) -> tuple[Args, dict | None, str]:
+    """(args, training state or None, run folder): with --resume, the saved run's (`auto`: runs/NAME if it was saved)."""
+    if args.resume == "auto":  # a requeued job
+        if args.run_name is None:
+            sys.exit("error: --resume auto needs --run-name NAME")
+        args.resume = f"runs/{args.run_name}" if os.path.isfile(f"runs/{args.run_name}/state.pt") else None
+    if args.resume is None:
+        args.run_name = args.run_name or f"MultiGoal__{args.exp_name}__{args.seed}__{int(time.time())}"
+        if not args.eval_only and os.path.exists(f"runs/{args.run_name}/state.pt"):
+            sys.exit(f"error: runs/{args.run_name} already holds a run: --resume runs/{args.run_name}, or another --run-name")
+        return args, None, f"runs/{args.run_name}"
+    state_path = os.path.join(args.resume, "state.pt") if os.path.isdir(args.resume) else args.resume
+    state = load_file(state_path, "training state", {"script", "args", "counters"})
+    if not isinstance(state["counters"], dict):
+        sys.exit(f"error: {state_path} was saved by an older {SCRIPT} (counters as a tuple): resume it with that version")
+    saved, defaults = state["args"], Args()
     for name, value in vars(args).items():
-        if name not in free and value != getattr(defaults, name) and value != saved[name]:
+        if name not in RESUME_MAY_CHANGE and value != getattr(defaults, name) and value != saved[name]:
             sys.exit(f"error: --{name.replace('_', '-')} {value} conflicts with the resumed run's {saved[name]}")
-    if args.total_timesteps != defaults.total_timesteps and args.total_timesteps < saved["total_timesteps"]:
+    if args.total_timesteps == defaults.total_timesteps:
+        args.total_timesteps = saved["total_timesteps"]
+    elif args.total_timesteps < saved["total_timesteps"]:
         sys.exit(f"error: --total-timesteps can only rise on resume (the run has {saved['total_timesteps']})")
-    total = args.total_timesteps if args.total_timesteps != defaults.total_timesteps else saved["total_timesteps"]
-    kept = {name: getattr(args, name) for name in free}
-    return Args(**{**saved, **kept, "total_timesteps": total})
+    args = Args(**{**saved, **{name: getattr(args, name) for name in RESUME_MAY_CHANGE}})
+    return args, state, os.path.dirname(state_path) or "."
 
 
-def check_args(args: Args) -> None:
-    """Fill in the default ESS target (it depends on K); exit with one line on flags that cannot work together."""
-    for name in ("total_timesteps", "num_envs", "buffer_size", "batch_size", "updates_per_step", "policy_frequency",
-                 "hidden_dim", "num_candidates", "ode_steps", "eval_frequency", "eval_episodes", "log_frequency",
-                 "plot_frequency", "max_episode_steps", "checkpoint_frequency"):
-        if getattr(args, name) < 1:
-            sys.exit(f"error: --{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    if args.ess_target is None:  # K / 2 (ours): a fixed 4 would force uniform weights at K = 4 (ESS <= K)
-        args.ess_target = max(1.0, args.num_candidates / 2)
+def training_state(
+    args, learner: dict, optimizers: list, rb, metrics, counters, obs, rng, envs, eval_envs, sample_envs, device
+) -> dict:
+    """Everything a run needs to continue exactly, as state_dicts, tensors and numbers (the RNG of this GPU only)."""
+    cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    rngs = {"python": random.getstate(), "numpy": rng.bit_generator.state, "torch": torch.get_rng_state(), "cuda": cuda_rng}
+    return {
+        "script": SCRIPT,
+        "args": vars(args),
+        **{name: part.state_dict() if isinstance(part, nn.Module) else part.detach() for name, part in learner.items()},
+        "optimizers": [optimizer.state_dict() for optimizer in optimizers],
+        "replay_buffer": rb.state_dict(),
+        "metrics": metrics,
+        "counters": counters,
+        "obs": torch.as_tensor(obs),
+        "rng": rngs,
+        "env_rngs": [env.rng_state or env.rng().bit_generator.state for env in envs.envs],  # see RememberResetRNG
+        "eval_env_rngs": [env.rng().bit_generator.state for env in [*eval_envs.envs, *sample_envs.envs]],
+    }
+
+
+def restore_training_state(
+    state: dict, learner: dict, optimizers: list, rb, rng, envs, eval_envs, sample_envs, device
+) -> dict:
+    """Put a saved training state back, whichever device and fast-path flags wrote it; returns its latest losses."""
+    with torch.no_grad():
+        for name, part in learner.items():
+            if isinstance(part, nn.Module):
+                part.load_state_dict(state[name])
+            else:
+                part.copy_(state[name])
+    for optimizer, saved in zip(optimizers, state["optimizers"]):
+        load_optimizer(optimizer, saved, capturable=device.type == "cuda")
+    rb.load_state_dict(state["replay_buffer"])
+    random.setstate(state["rng"]["python"])
+    rng.bit_generator.state = state["rng"]["numpy"]
+    torch.set_rng_state(state["rng"]["torch"])
+    if device.type == "cuda" and isinstance(state["rng"]["cuda"], torch.Tensor):  # a CPU run saved none
+        torch.cuda.set_rng_state(state["rng"]["cuda"], device)
+    for env, env_rng in zip([*envs.envs, *eval_envs.envs, *sample_envs.envs], state["env_rngs"] + state["eval_env_rngs"]):
+        env.rng().bit_generator.state = env_rng
+    return {name: value.to(device) for name, value in state["metrics"].items()}
+
+
+def evaluate_checkpoint(args: Args, device: torch.device) -> None:
+    """--eval-only: evaluate --checkpoint (its width, K and N) for --eval-episodes episodes, print, exit."""
+    checkpoint = load_file(args.checkpoint, "checkpoint", {"actor", "critic", "args"})
+    for name in ("hidden_dim", "num_candidates", "ode_steps"):
+        setattr(args, name, checkpoint["args"][name])
+    env = MultiGoalEnv()
+    action_space, observation_space = env.action_space, env.observation_space
+    obs_dim, act_dim = observation_space.shape[0], action_space.shape[0]
+    actor = VelocityField(obs_dim, act_dim, args.hidden_dim).to(device)
+    critic = TwinQ(obs_dim, act_dim, args.hidden_dim).to(device)
+    try:
+        actor.load_state_dict(checkpoint["actor"])
+        critic.load_state_dict(checkpoint["critic"])
+    except RuntimeError as e:
+        sys.exit(f"error: {args.checkpoint} does not fit this env: {str(e).splitlines()[0]}")
+    envs = make_vector_env(args.max_episode_steps, args.eval_episodes, args.seed + 10_000)
+    sample_envs = make_vector_env(args.max_episode_steps, args.eval_episodes, args.seed + 10_000)
+    envs.reset(seed=args.seed + 10_000)
+    sample_envs.reset(seed=args.seed + 10_000)
+    scale, bias = (action_space.high - action_space.low) / 2.0, (action_space.high + action_space.low) / 2.0
+    result = evaluate_modes(actor, critic, envs, sample_envs, scale, bias, args.num_candidates, args.ode_steps, device)
+    returns = result["returns"]
+    summary = f"eval return {returns.mean():.2f} +- {returns.std():.2f} over {len(returns)} episodes"
+    print(f"{args.checkpoint}: {summary} (mean length {result['lengths'].mean():.0f}); {describe_modes(result)}")
+    sys.exit(0)
+
+
+def check_args(args: Args, device: torch.device) -> None:
+    """Exit with one line on flags that cannot work together."""
+    for name, value in vars(args).items():  # the counts, sizes and frequencies
+        if type(value) is int and name not in ("seed", "learning_starts") and value < 1:
+            sys.exit(f"error: --{name.replace('_', '-')} must be at least 1, got {value}")
     if not 1.0 <= args.ess_target <= args.num_candidates:
         sys.exit(f"error: --ess-target must lie in [1, --num-candidates={args.num_candidates}]")
     if not (args.alpha_init > 0.0 and args.beta_init > 0.0):
@@ -733,17 +742,45 @@ def check_args(args: Args) -> None:
         sys.exit("error: --checkpoint is only read with --eval-only")
     if args.eval_only and args.checkpoint is None:
         sys.exit("error: --eval-only needs --checkpoint PATH")
-    if args.pictures_dir is not None and not args.eval_only:
-        sys.exit("error: --pictures-dir is only used with --eval-only (a training run draws into its run folder)")
+    if args.cudagraphs and device.type != "cuda":
+        sys.exit("error: --cudagraphs needs a CUDA device (try --compile alone)")
+
+
+def start_tracking(args: Args) -> None:
+    """--track: W&B mirrors the tensorboard log; a resumed run continues its W&B run."""
+    try:
+        import wandb
+    except ImportError:
+        sys.exit("error: --track needs wandb: pip install wandb==0.31.0")
+    run = {"name": args.run_name, "id": args.run_name, "resume": "allow", "config": vars(args), "save_code": True}
+    wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True, **run)
+
+
+def write_metrics(writer: SummaryWriter, metrics: dict, step: int, model_step: int | None) -> None:
+    """The latest losses to tensorboard, in one host sync; exit with one line if one is not finite."""
+    values = torch.stack(list(metrics.values())).tolist()
+    for name, value in zip(metrics, values):
+        if not math.isfinite(value):
+            kept = f" (checkpoint of step {model_step} kept)" if model_step is not None else ""
+            sys.exit(f"error: {name.split('/')[1]} is {value} at step {step}; stopping{kept}")
+        writer.add_scalar(name, value, step)
+
+
+def progress_line(args: Args, step: int, sps: float, last_return: float) -> str:
+    warm_up = step < args.learning_starts  # its SPS says nothing of learning's: no ETA yet
+    until, end = ("learning starts in", args.learning_starts) if warm_up else ("ETA", args.total_timesteps)
+    eta = f"{until} {(end - step) / max(sps, 1e-9) / 60:.1f} min  last return {last_return:.1f}"
+    return f"step {step}/{args.total_timesteps} ({'warm-up' if warm_up else 'learning'})  SPS {sps:.1f}  {eta}"
 
 
 class CudaGraphFunction:
-    """fn(*tensors) replayed as one CUDA graph (ours, LeanRL's): no Python, no kernel launches per call. The first
-    `warmup` calls run fn eagerly on a side stream, the next captures it; later calls copy their inputs into the
-    captured ones and replay (the next call overwrites the outputs). All are real calls; fn must keep its shapes."""
+    """fn(*tensors) replayed as one CUDA graph (ours, LeanRL's). WARMUP_CALLS eager calls on a side stream, then one that
+    captures; later calls copy their inputs into the captured ones and replay (outputs are overwritten by the next)."""
 
-    def __init__(self, fn, warmup: int = 3):
-        self.fn, self.warmup, self.graph = fn, warmup, None
+    WARMUP_CALLS = 3
+
+    def __init__(self, fn):
+        self.fn, self.warmup, self.graph = fn, self.WARMUP_CALLS, None
 
     def __call__(self, *inputs):
         if self.warmup > 0:
@@ -765,98 +802,53 @@ class CudaGraphFunction:
         return self.outputs
 
 
-def fast_path(fn, compile: bool, cudagraphs: bool):
-    """fn as --compile and --cudagraphs run it."""
-    if compile:
-        fn = torch.compile(fn)
-    if cudagraphs:
-        fn = CudaGraphFunction(fn)
-    return fn
-
-
 if __name__ == "__main__":
     args = tyro.cli(Args)
+    args, state, run_dir = resolve_run(args)  # --resume: the saved run's args, training state and folder
+    if args.ess_target is None:
+        args.ess_target = default_ess_target(args.num_candidates)
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-    if args.resume == "auto":  # a requeued job: continue runs/NAME if it was saved, else start it
-        if args.run_name is None:
-            sys.exit("error: --resume auto needs --run-name NAME")
-        args.resume = f"runs/{args.run_name}" if os.path.isfile(f"runs/{args.run_name}/state.pt") else None
-    state, state_path = None, None
-    if args.resume is not None:
-        state_path = os.path.join(args.resume, "state.pt") if os.path.isdir(args.resume) else args.resume
-        state = load_file(state_path, "training state", {"script", "args", "counters"})
-        args = resumed_args(args, state["args"])
-    check_args(args)
+    check_args(args, device)
+    if args.cuda and device.type == "cpu":
+        print("CUDA is not available: running on CPU")
 
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
-    if args.cuda and device.type == "cpu":
-        print("CUDA is not available: running on CPU")
-    if args.cudagraphs and device.type != "cuda":
-        sys.exit("error: --cudagraphs needs a CUDA device (try --compile alone)")
+    if args.eval_only:
+        evaluate_checkpoint(args, device)  # prints the evaluation and exits
 
-    checkpoint = load_file(args.checkpoint, "checkpoint", {"actor", "critic", "args"}) if args.eval_only else None
-    if checkpoint is not None:  # the network and env must match what was saved
-        for name in ("hidden_dim", "num_candidates", "ode_steps"):
-            setattr(args, name, checkpoint["args"][name])
     env = MultiGoalEnv()
     action_space, observation_space = env.action_space, env.observation_space
     obs_dim, act_dim = observation_space.shape[0], action_space.shape[0]
     action_scale = (action_space.high - action_space.low) / 2.0
     action_bias = (action_space.high + action_space.low) / 2.0
+    envs = make_vector_env(args.max_episode_steps, args.num_envs, args.seed)
+    # Seeded alike: best-of-K and one-sample episodes start from the same states. evaluate() continues the RNGs.
+    eval_envs = make_vector_env(args.max_episode_steps, args.eval_episodes, args.seed + 10_000)
+    sample_envs = make_vector_env(args.max_episode_steps, args.eval_episodes, args.seed + 10_000)
+    eval_envs.reset(seed=args.seed + 10_000)
+    sample_envs.reset(seed=args.seed + 10_000)
+    if args.track:
+        start_tracking(args)
+    # A resumed run appends to the same log; TensorBoard drops what the stopped run logged after its save
+    # (all of it, for a run stopped before its first save). The table is rewritten: --total-timesteps may rise.
+    start_step = state["counters"]["global_step"] if state else 0
+    writer = SummaryWriter(run_dir, purge_step=start_step + 1 if state else 0)
+    table = "\n".join(f"|{key}|{value}|" for key, value in vars(args).items())
+    writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}", start_step)
+    model_path, state_path = f"{run_dir}/{args.exp_name}.fmer_model", f"{run_dir}/state.pt"
 
     actor = VelocityField(obs_dim, act_dim, args.hidden_dim).to(device)
     critic = TwinQ(obs_dim, act_dim, args.hidden_dim).to(device)
-    log_alpha = torch.tensor(math.log(args.alpha_init), device=device, requires_grad=True)
-    log_beta = torch.tensor(math.log(args.beta_init), device=device, requires_grad=True)
-    # Seeded alike: best-of-K and one-sample episodes start from the same states. evaluate() continues the RNGs.
-    eval_envs, sample_envs = (make_vector_env(args.max_episode_steps, args.eval_episodes, args.seed + 10_000) for _ in "ab")
-    eval_envs.reset(seed=args.seed + 10_000)
-    sample_envs.reset(seed=args.seed + 10_000)
-
-    if checkpoint is not None:
-        try:
-            actor.load_state_dict(checkpoint["actor"])
-            critic.load_state_dict(checkpoint["critic"])
-        except RuntimeError as e:
-            sys.exit(f"error: {args.checkpoint} does not fit this env: {str(e).splitlines()[0]}")
-        result = evaluate_modes(actor, critic, eval_envs, sample_envs, action_scale, action_bias, args.num_candidates,
-                                args.ode_steps, device)
-        print(f"{args.checkpoint}: eval return {result['returns'].mean():.2f} +- {result['returns'].std():.2f} over "
-              f"{len(result['returns'])} episodes (mean length {result['lengths'].mean():.0f}); {describe_modes(result)}")
-        if args.pictures_dir is not None:
-            step = checkpoint.get("step", 0)  # the training step it was saved at (0: an older checkpoint)
-            snapshot = candidate_snapshot(actor, critic, args.num_candidates, args.ode_steps, 32, device)
-            figures = mode_pictures(result, [(step, snapshot)], step)
-            save_pictures({k: v for k, v in figures.items() if k != "evolution"}, args.pictures_dir, None, step)
-        sys.exit(0)
-
-    args.run_name = args.run_name or f"MultiGoal__{args.exp_name}__{args.seed}__{int(time.time())}"
-    run_dir = (os.path.dirname(state_path) or ".") if state else f"runs/{args.run_name}"
-    if state is None and os.path.exists(f"{run_dir}/state.pt"):
-        sys.exit(f"error: {run_dir} already holds a run: continue it with --resume {run_dir}, or choose another --run-name")
-    if args.track:  # W&B mirrors the tensorboard log; a resumed run continues its W&B run
-        try:
-            import wandb
-        except ImportError:
-            sys.exit("error: --track needs wandb: pip install wandb==0.31.0")
-        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True, config=vars(args),
-                   name=args.run_name, id=args.run_name, resume="allow", save_code=True)
-    # A resumed run appends to the same log; TensorBoard drops what the stopped run logged after its save
-    # (all of it, for a run stopped before its first save). The table is rewritten: --total-timesteps may rise.
-    writer = SummaryWriter(run_dir, purge_step=state["counters"][0] + 1 if state else 0)
-    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()),
-                    state["counters"][0] if state else 0)
-    model_path, state_path = f"{run_dir}/{args.exp_name}.fmer_model", f"{run_dir}/state.pt"
-
     target_critic = TwinQ(obs_dim, act_dim, args.hidden_dim).to(device)
     target_critic.load_state_dict(critic.state_dict())
-    # Learning rate and target entropy are device tensors, changed in place: a compiled or captured
-    # update reads their current value instead of baking in a constant.
-    # On CUDA, Adam's step counts live on the device (capturable), as CUDA graphs need; eager needs it too, since
-    # foreach Adam (CUDA's default) refuses a tensor learning rate otherwise. Its cost there is a few tiny kernels.
+    log_alpha = torch.tensor(math.log(args.alpha_init), device=device, requires_grad=True)
+    log_beta = torch.tensor(math.log(args.beta_init), device=device, requires_grad=True)
+    # Learning rate and target entropy are device tensors changed in place: a compiled or captured update reads them.
+    # On CUDA, Adam's step counts live on the device (capturable), as CUDA graphs need and as foreach Adam (CUDA's
+    # default) needs for a tensor learning rate; it costs a few tiny kernels.
     capturable = device.type == "cuda"
     warnings.filterwarnings("ignore", message=".*capturable=True can impair performance")
     actor_lr = torch.tensor(args.actor_lr, device=device)
@@ -865,87 +857,62 @@ if __name__ == "__main__":
     alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.alpha_lr, capturable=capturable)
     beta_optimizer = torch.optim.Adam([log_beta], lr=args.beta_lr, capturable=capturable)
     target_entropy = torch.tensor(act_dim * args.target_entropy_start, device=device)
+    K, N = args.num_candidates, args.ode_steps
 
     def critic_step(*batch):
-        return update_critic(batch, actor, critic, target_critic, critic_optimizer, args.gamma, args.tau,
-                             args.num_candidates, args.ode_steps)
+        return update_critic(batch, actor, critic, target_critic, critic_optimizer, args.gamma, args.tau, K, N)
 
     def actor_step(obs, target_entropy):
-        return update_actor(obs, actor, critic, actor_optimizer, log_alpha, alpha_optimizer, log_beta, beta_optimizer,
-                            args.num_candidates, args.ode_steps, args.ess_target, target_entropy)
+        duals = (log_alpha, alpha_optimizer, log_beta, beta_optimizer)
+        return update_actor(obs, actor, critic, actor_optimizer, *duals, K, N, args.ess_target, target_entropy)
 
     def act(obs):
-        return best_of_k_actions(actor, critic, obs, args.num_candidates, args.ode_steps)
+        return best_of_k_actions(actor, critic, obs, K, N)
 
-    critic_step, actor_step, act = (fast_path(fn, args.compile, args.cudagraphs) for fn in (critic_step, actor_step, act))
+    if args.compile:  # the fast path (ours, as LeanRL)
+        critic_step, actor_step, act = torch.compile(critic_step), torch.compile(actor_step), torch.compile(act)
+    if args.cudagraphs:
+        critic_step, actor_step, act = CudaGraphFunction(critic_step), CudaGraphFunction(actor_step), CudaGraphFunction(act)
 
     rb = ReplayBuffer(min(args.buffer_size, args.total_timesteps), obs_dim, act_dim, device)
-    envs = make_vector_env(args.max_episode_steps, args.num_envs, args.seed)
     rng = np.random.default_rng(args.seed)
-
-    # A "step" is one env transition: a vector step adds num_envs of them and is followed by
-    # num_envs * updates_per_step critic updates, so the update-to-data ratio does not depend
-    # on num_envs.
     obs, _ = envs.reset(seed=args.seed)
-    global_step, num_updates, last_return, last_saved_step = 0, 0, float("nan"), None
-    metrics, next_log, next_eval, next_checkpoint = {}, args.log_frequency, args.eval_frequency, args.checkpoint_frequency
-    next_plot, snapshots = min(args.plot_frequency, args.learning_starts), []  # the first picture: untrained
-    last_eval_step = None
-    optimizers = (actor_optimizer, critic_optimizer, alpha_optimizer, beta_optimizer)
-
-    def training_state() -> dict:
-        """Everything the run needs to continue exactly, as one dict of state_dicts and tensors."""
-        return {"script": SCRIPT, "args": vars(args), "actor": actor.state_dict(), "critic": critic.state_dict(),
-                "target_critic": target_critic.state_dict(), "log_alpha": log_alpha.detach(), "log_beta": log_beta.detach(),
-                "optimizers": [opt.state_dict() for opt in optimizers], "replay_buffer": rb.state_dict(),
-                "metrics": metrics, "obs": torch.as_tensor(obs),
-                "rng": {"python": random.getstate(), "numpy": rng.bit_generator.state, "torch": torch.get_rng_state(),
-                        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},  # this GPU's
-                "env_rngs": [env.rng_state or env.rng().bit_generator.state for env in envs.envs],  # see RememberResetRNG
-                "eval_env_rngs": [env.rng().bit_generator.state for env in [*eval_envs.envs, *sample_envs.envs]],
-                "counters": (global_step, num_updates, next_log, next_eval, next_checkpoint, last_return, last_saved_step),
-                "plots": (next_plot, last_eval_step, [(s, [torch.from_numpy(a) for a in p]) for s, p in snapshots])}
-
+    global_step, num_updates, last_return, model_step, metrics = 0, 0, float("nan"), None, {}
+    learner = {"actor": actor, "critic": critic, "target_critic": target_critic, "log_alpha": log_alpha, "log_beta": log_beta}
+    optimizers = [actor_optimizer, critic_optimizer, alpha_optimizer, beta_optimizer]
     if state is not None:  # continue where the saved run stopped
-        for module, name in ((actor, "actor"), (critic, "critic"), (target_critic, "target_critic")):
-            module.load_state_dict(state[name])
-        for optimizer, saved in zip(optimizers, state["optimizers"]):  # saved on any device, with any flags
-            load_optimizer(optimizer, saved, capturable)
-        with torch.no_grad():
-            log_alpha.copy_(state["log_alpha"]), log_beta.copy_(state["log_beta"])
-        rb.load_state_dict(state["replay_buffer"])
-        metrics = {name: value.to(device) for name, value in state["metrics"].items()}
-        random.setstate(state["rng"]["python"])
-        rng.bit_generator.state = state["rng"]["numpy"]
-        torch.set_rng_state(state["rng"]["torch"])
-        if device.type == "cuda" and isinstance(state["rng"]["cuda"], torch.Tensor):  # a CPU run saved none
-            torch.cuda.set_rng_state(state["rng"]["cuda"], device)
-        for env, env_rng in zip([*envs.envs, *eval_envs.envs, *sample_envs.envs], state["env_rngs"] + state["eval_env_rngs"]):
-            env.rng().bit_generator.state = env_rng
+        metrics = restore_training_state(state, learner, optimizers, rb, rng, envs, eval_envs, sample_envs, device)
         obs, _ = envs.reset()  # at an episode boundary, the very reset the saved run did
-        global_step, num_updates, next_log, next_eval, next_checkpoint, last_return, last_saved_step = state["counters"]
-        next_plot, last_eval_step, snapshots = state["plots"]
-        snapshots = [(step, tuple(t.numpy() for t in snap)) for step, snap in snapshots]
+        global_step, num_updates = state["counters"]["global_step"], state["counters"]["num_updates"]
+        last_return, model_step = state["counters"]["last_return"], state["counters"]["model_step"]
         print(f"resuming {run_dir} at step {global_step}", flush=True)
-    print(f"{run_dir}: {args.total_timesteps} steps on {device}; steps up to {args.learning_starts} take uniform random "
-          f"actions (warm-up), then learning starts. Progress every {args.progress_seconds:g} s; "
-          "watch with `tensorboard --logdir runs`", flush=True)
-    stop_signal = []  # SIGTERM, SIGUSR1 (Slurm's preemption and time-limit warning), Ctrl-C: save, then exit
+
+    def save_training_state():
+        counters = dict(global_step=global_step, num_updates=num_updates, last_return=last_return, model_step=model_step)
+        saved = training_state(
+            args, learner, optimizers, rb, metrics, counters, obs, rng, envs, eval_envs, sample_envs, device
+        )
+        save_atomically(saved, state_path)
+
+    print(f"{run_dir}: {args.total_timesteps} steps on {device}, random actions until step {args.learning_starts}", flush=True)
+    stop_signal = []  # SIGTERM, SIGUSR1 (Slurm's preemption and time-limit warning), Ctrl-C: save at the step's end, exit
     for signum in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
         signal.signal(signum, lambda signum, frame: stop_signal.append(signum))
     start_time = window_time = time.time()
     last_print = start_time - max(args.progress_seconds - 10.0, 0.0)  # the first progress line comes after 10 s
     # SPS leaves out the windows that overlap the fast path's first calls: compilation at the first update, CUDA graph
-    # capture after 3 warm-up calls, all within 4 * policy_frequency vector steps of the first update.
+    # capture after WARMUP_CALLS calls, all within (WARMUP_CALLS + 1) * policy_frequency vector steps of it.
     window_step, first_update = global_step, max(global_step, args.learning_starts)
-    burn_in_end = first_update + 4 * args.policy_frequency * args.num_envs
+    burn_in_end = first_update + (CudaGraphFunction.WARMUP_CALLS + 1) * args.policy_frequency * args.num_envs
+
+    # A step is one env transition; a vector step (num_envs of them) is followed by num_envs * updates_per_step updates.
+    # `global_step % frequency < num_envs`: this vector step passed a multiple of frequency.
     try:
         while global_step < args.total_timesteps:
             if global_step < args.learning_starts:
                 actions = rng.uniform(-1.0, 1.0, size=(args.num_envs, act_dim)).astype(np.float32)
             else:
-                obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device)
-                actions = act(obs_t).cpu().numpy()
+                actions = act(torch.as_tensor(obs, dtype=torch.float32, device=device)).cpu().numpy()
             next_obs, rewards, terminations, truncations, infos = envs.step(actions * action_scale + action_bias)
             global_step += args.num_envs
 
@@ -966,65 +933,48 @@ if __name__ == "__main__":
                         for _ in range(args.policy_frequency):
                             metrics.update(actor_step(rb.sample(args.batch_size)[0], target_entropy))
 
-            if global_step >= next_log:
-                next_log += args.log_frequency
+            if global_step % args.log_frequency < args.num_envs:
                 now = time.time()
                 sps = (global_step - window_step) / max(now - window_time, 1e-9)
                 if not (global_step >= first_update and window_step < burn_in_end):  # else it would understate SPS
                     writer.add_scalar("charts/SPS", sps, global_step)
                 window_step, window_time = global_step, now
                 if metrics:
-                    values = torch.stack(list(metrics.values())).tolist()  # the one host sync per log
-                    for name, value in zip(metrics, values):
-                        if not math.isfinite(value):
-                            kept = f" (checkpoint of step {last_saved_step} kept)" if last_saved_step is not None else ""
-                            sys.exit(f"error: {name.split('/')[1]} is {value} at step {global_step}; stopping{kept}")
-                        writer.add_scalar(name, value, global_step)
+                    write_metrics(writer, metrics, global_step, model_step)
                     writer.add_scalar("charts/target_entropy", target_entropy, global_step)
                     writer.add_scalar("charts/learning_rate", actor_lr, global_step)
                 if now - last_print >= args.progress_seconds:
                     last_print = now
-                    warm_up = global_step < args.learning_starts  # its SPS says nothing of learning's: no ETA yet
-                    until, end = ("learning starts in", args.learning_starts) if warm_up else ("ETA", args.total_timesteps)
-                    print(f"step {global_step}/{args.total_timesteps} ({'warm-up' if warm_up else 'learning'})  "
-                          f"SPS {sps:.1f}  {until} {(end - global_step) / max(sps, 1e-9) / 60:.1f} min  "
-                          f"last return {last_return:.1f}", flush=True)
+                    print(progress_line(args, global_step, sps, last_return), flush=True)
 
-            if global_step >= next_eval or global_step >= args.total_timesteps:
-                next_eval = (global_step // args.eval_frequency + 1) * args.eval_frequency  # a raised total continues it
-                result = evaluate_modes(actor, critic, eval_envs, sample_envs, action_scale, action_bias,
-                                        args.num_candidates, args.ode_steps, device)
-                last_eval_step = global_step
-                writer.add_scalar("eval/episodic_return", result["returns"].mean(), global_step)
+            if global_step % args.eval_frequency < args.num_envs or global_step >= args.total_timesteps:
+                result = evaluate_modes(actor, critic, eval_envs, sample_envs, action_scale, action_bias, K, N, device)
+                returns, nearest = result["returns"], nearest_goal_fraction(result["field_states"], result["field_actions"])
+                writer.add_scalar("eval/episodic_return", returns.mean(), global_step)
                 writer.add_scalar("eval/episodic_length", result["lengths"].mean(), global_step)
                 writer.add_scalar("eval/goals_reached", goals_reached(result["paths"]), global_step)
                 writer.add_scalar("eval/episodic_return_samples", result["sample_returns"].mean(), global_step)
                 writer.add_scalar("eval/goals_reached_samples", goals_reached(result["sample_paths"]), global_step)
-                writer.add_scalar("eval/nearest_goal_fraction",
-                                  nearest_goal_fraction(result["field_states"], result["field_actions"]), global_step)
-                print(f"step {global_step}: eval return {result['returns'].mean():.1f} +- {result['returns'].std():.1f}, "
-                      f"{describe_modes(result)}", flush=True)
+                writer.add_scalar("eval/nearest_goal_fraction", nearest, global_step)
+                print(
+                    f"step {global_step}: eval return {returns.mean():.1f} +- {returns.std():.1f}, {describe_modes(result)}",
+                    flush=True,
+                )
                 if args.save_model and save_checkpoint(model_path, actor, critic, log_alpha, log_beta, args, global_step):
-                    last_saved_step = global_step
+                    model_step = global_step  # and a copy per step, for docs/multigoal/pictures.py
+                    shutil.copyfile(model_path, f"{run_dir}/{args.exp_name}_{global_step:07d}.fmer_model")
 
-            if global_step >= next_plot or global_step >= args.total_timesteps:
-                next_plot = (global_step // args.plot_frequency + 1) * args.plot_frequency
-                if global_step != last_eval_step:  # pictures (a) and (c) show the evaluation of this step
-                    result = evaluate_modes(actor, critic, eval_envs, sample_envs, action_scale, action_bias,
-                                            args.num_candidates, args.ode_steps, device)
-                snapshots.append((global_step, candidate_snapshot(actor, critic, args.num_candidates, args.ode_steps,
-                                                                  32, device)))
-                save_pictures(mode_pictures(result, snapshots, global_step), run_dir, writer, global_step)
-
-            if global_step >= next_checkpoint or stop_signal:
-                next_checkpoint = (global_step // args.checkpoint_frequency + 1) * args.checkpoint_frequency
-                save_atomically(training_state(), state_path)
+            if global_step % args.checkpoint_frequency < args.num_envs or stop_signal:
+                save_training_state()
             if stop_signal:
                 model = args.save_model and save_checkpoint(model_path, actor, critic, log_alpha, log_beta, args, global_step)
-                print(f"{signal.Signals(stop_signal[0]).name} at step {global_step}: state saved to {state_path}"
-                      f"{f', model to {model_path}' if model else ''}; continue with --resume {run_dir}", file=sys.stderr)
+                print(
+                    f"{signal.Signals(stop_signal[0]).name} at step {global_step}: state saved to {state_path}"
+                    f"{f', model to {model_path}' if model else ''}; continue with --resume {run_dir}",
+                    file=sys.stderr,
+                )
                 sys.exit(128 + stop_signal[0])
-        save_atomically(training_state(), state_path)  # the end: a raised --total-timesteps can continue from here
+        save_training_state()  # the end: a raised --total-timesteps can continue from here
     except Exception:
         if args.save_model and save_checkpoint(model_path, actor, critic, log_alpha, log_beta, args, global_step):
             print(f"crashed at step {global_step}; model saved to {model_path}", file=sys.stderr)
@@ -1035,6 +985,6 @@ if __name__ == "__main__":
         sample_envs.close()
         writer.close()
 
-    if args.save_model and last_saved_step is not None:
-        print(f"model of step {last_saved_step} saved to {model_path}")
+    if args.save_model and model_step is not None:
+        print(f"model of step {model_step} saved to {model_path}")
     print(f"done: {global_step} steps in {(time.time() - start_time) / 60:.1f} min")

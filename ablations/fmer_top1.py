@@ -1,6 +1,5 @@
 # FMER ablation, paper Fig. 2: top-1 weights, all weight on the best of the K candidates.
 # A diff-style copy of fmer_continuous.py: `diff fmer_continuous.py ablations/fmer_top1.py` shows the change.
-import copy
 import math
 import os
 import random
@@ -11,6 +10,7 @@ import warnings
 from dataclasses import dataclass
 
 import gymnasium as gym
+import imageio  # --capture-video writes MP4 through imageio-ffmpeg
 import numpy as np
 import torch
 import torch.nn as nn
@@ -113,42 +113,29 @@ class Args:
     """the number of evaluation episodes, run on a separate env"""
 
 
-class RememberResetRNG(gym.Wrapper):
-    """Keeps the env's RNG state from just before its latest reset (None once the episode has taken a step): a resumed
-    run redoes that reset exactly. The physics of an episode cut midway is not saved; the resumed run starts a new one."""
-
-    def rng(self) -> np.random.Generator:
-        return self.unwrapped.np_random
-
-    def reset(self, **kwargs):
-        self.rng_state = copy.deepcopy(self.rng().bit_generator.state)
-        return super().reset(**kwargs)
-
-    def step(self, action):
-        self.rng_state = None
-        return super().step(action)
-
-
 def make_env(env_id: str, seed: int, render: bool = False):
     def thunk():
         env = gym.make(env_id, render_mode="rgb_array" if render else None)
         env = gym.wrappers.RecordEpisodeStatistics(env)
-        env = RememberResetRNG(env)
-        env.action_space.seed(seed)
-        return env
+        return RememberResetRNG(env)  # for exact resume only (Run management, below); changes nothing in the run
 
     return thunk
 
 
 def make_vector_env(env_id: str, num_envs: int, seed: int, render: bool = False) -> gym.vector.SyncVectorEnv:
     # SAME_STEP autoreset: the next observation of an ended episode is the reset one, its true last one is in infos.
-    return gym.vector.SyncVectorEnv([make_env(env_id, seed + i, render) for i in range(num_envs)],
-                                    autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    thunks = [make_env(env_id, seed + i, render) for i in range(num_envs)]
+    return gym.vector.SyncVectorEnv(thunks, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+
+
+# ==== FMER: the networks, one function per equation, the updates and the evaluation ====
 
 
 def mish_with_derivative(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mish, x * tanh(softplus(x)), and its derivative, which the divergence needs (Eq. 15-16), with one exp:
-    tanh(log(1 + e^x)) = n / (n + 2), n = e^x (e^x + 2); F.mish to float32 rounding, fused by torch.compile."""
+    """Mish, x * tanh(softplus(x)), and its derivative, which the divergence needs (Eq. 15-16).
+
+    With one exp: tanh(log(1 + e^x)) = n / (n + 2), where n = e^x (e^x + 2). Equal to F.mish up to float32
+    rounding; torch.compile fuses it into one kernel."""
     e = torch.exp(x.clamp(max=20.0))  # past 20, n / (n + 2) is 1 in float32
     n = e * (e + 2.0)
     tanh_softplus = n / (n + 2.0)
@@ -162,8 +149,10 @@ def mish(x: torch.Tensor) -> torch.Tensor:
 
 class VelocityField(nn.Module):
     """v_theta(x, t, s): the flow's velocity in the latent space (Sec. 4.1), an MLP on [s, x, t] with 3 hidden
-    Mish layers. Its first layer W [s, x, t] + b is kept as two parts, (W_s s + b) + W_xt [x, t]: the state
-    part is computed once per state (embed_obs) and shared by the K candidates and the N Euler steps."""
+    Mish layers.
+
+    Its first layer, W [s, x, t] + b, is kept as two parts, (W_s s + b) + W_xt [x, t]: the state's part is computed
+    once per state (embed_obs) and shared by the K candidates and the N Euler steps."""
 
     def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int = 256):
         super().__init__()
@@ -179,22 +168,28 @@ class VelocityField(nn.Module):
         """The state's part of the first layer: obs [..., obs_dim] -> [..., hidden_dim]."""
         return self.obs_layer(obs)
 
-    def forward(self, obs_embedding: torch.Tensor, x: torch.Tensor, t: torch.Tensor, probe: torch.Tensor | None = None):
-        """obs_embedding [..., hidden] (broadcasts), x [..., act_dim], t [..., 1] -> v [..., act_dim]. With a probe
-        e, also (dv/dx) e, pushed forward alongside v: no double backward for the divergence, and it compiles."""
+    def forward(self, obs_embedding: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """obs_embedding [..., hidden] (broadcasts), x [..., act_dim], t [..., 1] -> v [..., act_dim]."""
         z = obs_embedding + self.xt_layer(torch.cat([x, t], dim=-1))  # raw t is enough for 10 Euler steps
-        dz = None if probe is None else F.linear(probe, self.xt_layer.weight[:, : self.act_dim])
         for layer in self.layers:
-            if dz is None:
-                z = layer(mish(z))
-            else:
-                h, slope = mish_with_derivative(z)
-                z, dz = layer(h), F.linear(slope * dz, layer.weight)
-        return z if dz is None else (z, dz)
+            z = layer(mish(z))
+        return z
+
+    def forward_with_jvp(self, obs_embedding: torch.Tensor, x: torch.Tensor, t: torch.Tensor, probe: torch.Tensor):
+        """v as forward() computes it, and (dv/dx) e for a probe e [..., act_dim], pushed forward layer by layer beside
+        v: the divergence (Eq. 15-16) then needs no double backward. Written by hand because torch.compile cannot
+        differentiate torch.func.jvp here (torch 2.13: "ZeroTensors are immutable", from t's zero tangent)."""
+        z = obs_embedding + self.xt_layer(torch.cat([x, t], dim=-1))
+        dz = F.linear(probe, self.xt_layer.weight[:, : self.act_dim])  # d z / dx applied to e
+        for layer in self.layers:
+            h, slope = mish_with_derivative(z)
+            z, dz = layer(h), F.linear(slope * dz, layer.weight)
+        return z, dz
 
 
 class TwinQ(nn.Module):
-    """Both critics as one batched module (weights [2, in, out]); the first layer's state part is shared by K candidates."""
+    """Both critics Q1, Q2 as one batched module: each weight is [2, in, out]. The first layer's state part is
+    computed once per state and shared by the K candidate actions."""
 
     def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int = 256, num_q: int = 2):
         super().__init__()
@@ -217,14 +212,14 @@ class TwinQ(nn.Module):
         per_action = torch.matmul(action.reshape(-1, action.shape[-1]), self.action_weight)  # [2, B * K, H]
         h = (per_action.unflatten(1, (obs.shape[0], -1)) + per_state.unsqueeze(2)).flatten(1, 2)  # K = 1 for [B, act_dim]
         for w, b in zip(self.weights, self.biases):
-            h = torch.baddbmm(b, mish(h), w)  # [2, rows, in] @ [2, in, out] + [2, 1, out]
+            h = torch.baddbmm(b, mish(h), w)  # [2, B * K, in] @ [2, in, out] + [2, 1, out]
         return h.reshape(out_shape)
 
 
 @torch.no_grad()  # the samples are never differentiated (torch.inference_mode breaks torch.compile in torch 2.11)
 def sample_candidates(velocity: VelocityField, obs: torch.Tensor, num_candidates: int, num_steps: int) -> torch.Tensor:
-    """Eq. 10: K latent samples per state by Euler integration of the flow ODE: obs [B, obs_dim] -> latents
-    u [B, K, act_dim]. Actions are tanh(u); keep u itself, since atanh(tanh(u)) is inf once tanh saturates."""
+    """Eq. 10: K latent samples per state by Euler integration of the flow ODE from x_0 ~ N(0, I): obs [B, obs_dim] ->
+    latents u [B, K, act_dim]. Actions are tanh(u); keep u itself, since atanh(tanh(u)) is inf once tanh saturates."""
     obs_embedding = velocity.embed_obs(obs).unsqueeze(1)  # [B, 1, hidden], shared by the K candidates
     x = torch.randn(obs.shape[0], num_candidates, velocity.act_dim, device=obs.device)
     t = torch.empty(*x.shape[:2], 1, device=obs.device)
@@ -254,16 +249,15 @@ def advantage_weights(q: torch.Tensor, beta: torch.Tensor) -> tuple[torch.Tensor
     return weights, ess
 
 
-def bellman_target(rewards: torch.Tensor, terminations: torch.Tensor, next_q: torch.Tensor, gamma: float) -> torch.Tensor:
-    """Eq. 20 with the best of K candidates at s': y = r + gamma * (1 - terminated) * max_i Q'(s', a'_i).
-
-    Truncation (a time limit) is not a termination: those transitions bootstrap.
-    """
-    return rewards + gamma * (1.0 - terminations) * next_q.max(dim=1).values
+def default_ess_target(num_candidates: int) -> float:
+    """The ESS that beta tracks: K / 2 (ours, from the paper's 4 of K = 8). A fixed 4 would force uniform weights at
+    K = 4, since ESS <= K."""
+    return max(1.0, num_candidates / 2)
 
 
 def weighted_cfm_loss(v: torch.Tensor, u: torch.Tensor, x0: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Eq. 11: sum_i w_i * ||v_theta(x_t, t, s) - (u_i - x0)||^2, averaged over states."""
+    """Eq. 11, the weighted conditional flow-matching loss: sum_i w_i * ||v_theta(x_t, t, s) - (u_i - x0)||^2 over the
+    K candidates u_i of each state, averaged over states."""
     per_candidate = (v - (u - x0)).pow(2).sum(dim=-1)  # [B, K]
     return (weights * per_candidate).sum(dim=1).mean()
 
@@ -274,7 +268,8 @@ def hutchinson_divergence(jvp: torch.Tensor, probe: torch.Tensor) -> torch.Tenso
 
 
 def tanh_corrected_divergence(div_x: torch.Tensor, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Prop. 1 (Eq. 17): divergence of the induced field (1 - tanh(x)^2) v in action space."""
+    """Prop. 1 (Eq. 17): the divergence, in action space a = tanh(x), of the induced field (1 - tanh(x)^2) v:
+    div_a = div_x v - 2 tanh(x) . v."""
     return div_x - 2.0 * (torch.tanh(x) * v).sum(dim=-1)
 
 
@@ -290,15 +285,19 @@ def tanh_gaussian_entropy_per_dim() -> float:
 H_A0_PER_DIM = tanh_gaussian_entropy_per_dim()
 
 
-def flow_losses(velocity: VelocityField, obs: torch.Tensor, u: torch.Tensor,
-                weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """WCFM loss (Eq. 11) and the absolute action-space entropy estimate H_hat (Eq. 15-17), from
-    one forward pass on the OT path x_t = (1 - t) x0 + t u_i through the K candidates of each state."""
+def flow_losses(
+    velocity: VelocityField, obs: torch.Tensor, u: torch.Tensor, weights: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The WCFM loss (Eq. 11) and the absolute action-space entropy estimate H_hat (Eq. 15-17), from one forward pass
+    on the OT path x_t = (1 - t) x0 + t u_i through the K candidates u [B, K, act_dim] of each state.
+
+    H_hat = d * H(a_0) + E[div_a]: the entropy of the start action a_0 (the noise x0, as an action) plus the mean
+    divergence of the field that moves the actions along the path (the instantaneous change of variables)."""
     t = torch.rand(*u.shape[:-1], 1, device=u.device)
     x0 = torch.randn_like(u)
     x_t = (1.0 - t) * x0 + t * u
     probe = torch.randint(0, 2, u.shape, device=u.device, dtype=u.dtype) * 2.0 - 1.0
-    v, jvp = velocity(velocity.embed_obs(obs).unsqueeze(1), x_t, t, probe)
+    v, jvp = velocity.forward_with_jvp(velocity.embed_obs(obs).unsqueeze(1), x_t, t, probe)
     wcfm = weighted_cfm_loss(v, u, x0, weights)
     div_a = tanh_corrected_divergence(hutchinson_divergence(jvp, probe), x_t, v)
     # Unweighted mean: the candidates are samples of the policy whose entropy this is.
@@ -307,8 +306,9 @@ def flow_losses(velocity: VelocityField, obs: torch.Tensor, u: torch.Tensor,
 
 
 def dual_update(log_param: torch.Tensor, optimizer: torch.optim.Optimizer, measured: torch.Tensor, target) -> torch.Tensor:
-    """One step of dual descent on log(param), clamped so that exp() stays finite: it falls while measured > target,
-    rises while below. beta: mean ESS (too uniform -> sharpen); alpha: entropy (above target -> weaker bonus)."""
+    """One step of dual descent on log(param), clamped so that exp() stays finite: it falls while measured > target
+    and rises while below. beta: on the mean ESS (too uniform -> sharpen); alpha: on the entropy (above target ->
+    a weaker bonus)."""
     loss = log_param * (measured.detach() - target)
     optimizer.zero_grad()
     loss.backward()
@@ -320,6 +320,71 @@ def dual_update(log_param: torch.Tensor, optimizer: torch.optim.Optimizer, measu
 
 def linear_schedule(start: float, end: float, fraction: float) -> float:
     return start + (end - start) * min(max(fraction, 0.0), 1.0)
+
+
+def bellman_target(rewards: torch.Tensor, terminations: torch.Tensor, next_q: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Eq. 20, best of K at s': y = r + gamma * (1 - terminated) * max_i Q'(s', a'_i); truncations bootstrap."""
+    return rewards + gamma * (1.0 - terminations) * next_q.max(dim=1).values
+
+
+def update_critic(batch, actor, critic, target_critic, critic_opt, gamma, tau, K, N):
+    """Eq. 19-20: regress both critics on the best-of-K target; a'* is chosen and valued by min(Q1', Q2') of the
+    target critics (ours), over K candidates of N Euler steps. Then the Polyak step of the target critics."""
+    obs, actions, rewards, next_obs, terminations = batch
+    with torch.no_grad():
+        next_actions = torch.tanh(sample_candidates(actor, next_obs, K, N))
+        next_q = score_candidates(target_critic, next_obs, next_actions)
+        target = bellman_target(rewards, terminations, next_q, gamma)
+    q = critic(obs, actions)  # [2, B]
+    qf_loss = (q - target).pow(2).mean(dim=1).sum()  # Eq. 19, summed over the twins
+    critic_opt.zero_grad()
+    qf_loss.backward()
+    critic_opt.step()
+    with torch.no_grad():
+        torch._foreach_lerp_(list(target_critic.parameters()), list(critic.parameters()), tau)
+    return {"losses/qf_loss": qf_loss.detach(), "losses/qf_values": q.detach().mean()}
+
+
+def update_actor(obs, actor, critic, actor_opt, log_alpha, alpha_opt, log_beta, beta_opt, K, N, ess_target, target_entropy):
+    """Eq. 8: minimise L_WCFM + alpha * L_H over K fresh candidates (N Euler steps), then one dual step on alpha (toward
+    the target entropy). No step on beta: these weights do not depend on it, so it stays at --beta-init."""
+    with torch.no_grad():
+        u = sample_candidates(actor, obs, K, N)
+        q = score_candidates(critic, obs, torch.tanh(u))
+        weights, ess = advantage_weights(q, log_beta.exp())
+    wcfm, entropy = flow_losses(actor, obs, u, weights)
+    entropy_loss = -entropy  # Eq. 18
+    actor_loss = wcfm + log_alpha.exp().detach() * entropy_loss
+    actor_opt.zero_grad()
+    actor_loss.backward()
+    actor_opt.step()
+    alpha_loss = dual_update(log_alpha, alpha_opt, entropy, target_entropy)
+    return {
+        "losses/wcfm_loss": wcfm.detach(),
+        "losses/entropy_loss": entropy_loss.detach(),
+        "losses/actor_loss": actor_loss.detach(),
+        "losses/alpha": log_alpha.detach().exp(),
+        "losses/alpha_loss": alpha_loss,
+        "losses/beta": log_beta.detach().exp(),
+        "charts/ess": ess.mean(),
+        "charts/entropy": entropy.detach(),
+    }
+
+
+def evaluate(actor, critic, envs, action_scale, action_bias, num_candidates, num_steps, device, frames=None):
+    """One episode per env with the best-of-K rule -> (returns, lengths); a list `frames` gets env 0's images."""
+    obs, _ = envs.reset()
+    returns, lengths = [None] * envs.num_envs, [None] * envs.num_envs
+    while any(r is None for r in returns):
+        if frames is not None and returns[0] is None:
+            frames.append(envs.envs[0].render())
+        obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device)
+        actions = best_of_k_actions(actor, critic, obs_t, num_candidates, num_steps).cpu().numpy()
+        obs, _, _, _, infos = envs.step(actions * action_scale + action_bias)
+        for i, episode_return, episode_length in finished_episodes(infos):
+            if returns[i] is None:
+                returns[i], lengths[i] = episode_return, episode_length
+    return np.array(returns), np.array(lengths)
 
 
 class ReplayBuffer:
@@ -338,8 +403,8 @@ class ReplayBuffer:
     def add(self, obs, next_obs, actions, rewards, terminations):
         """One vector step, n rows: on a GPU, one host-to-device copy (pinned, non-blocking) and an index made there."""
         n = len(obs)
-        fields = [torch.as_tensor(np.asarray(val, dtype=np.float32)).reshape(n, -1)
-                  for val in (obs, next_obs, actions, rewards, terminations)]
+        values = (obs, next_obs, actions, rewards, terminations)
+        fields = [torch.as_tensor(np.asarray(val, dtype=np.float32)).reshape(n, -1) for val in values]
         rows = torch.cat(fields, dim=1)
         rows = (rows.pin_memory() if self.device.type == "cuda" else rows).to(self.device, non_blocking=True)
         idx = (self.pos + torch.arange(n, device=self.device)) % self.capacity
@@ -355,8 +420,8 @@ class ReplayBuffer:
 
     def state_dict(self) -> dict:
         """The filled part only."""
-        return {"pos": self.pos, "size": self.size,
-                **{name: getattr(self, name)[: self.size].to("cpu", copy=True) for name in self.FIELDS}}
+        filled = {name: getattr(self, name)[: self.size].to("cpu", copy=True) for name in self.FIELDS}
+        return {"pos": self.pos, "size": self.size, **filled}
 
     def load_state_dict(self, state: dict) -> None:
         for name in self.FIELDS:
@@ -384,61 +449,23 @@ def add_vector_step(rb: ReplayBuffer, obs, actions, next_obs, rewards, terminati
     rb.add(obs, real_next_obs, actions, rewards, terminations)
 
 
-def update_critic(batch, actor, critic, target_critic, critic_optimizer, gamma, tau, num_candidates, num_steps):
-    """Eq. 19-20: regress both critics on the best-of-K target; a'* is chosen and valued by
-    min(Q1', Q2') of the target critics (ours). Then the Polyak step of the target critics."""
-    obs, actions, rewards, next_obs, terminations = batch
-    with torch.no_grad():
-        next_actions = torch.tanh(sample_candidates(actor, next_obs, num_candidates, num_steps))
-        next_q = score_candidates(target_critic, next_obs, next_actions)
-        target = bellman_target(rewards, terminations, next_q, gamma)
-    q = critic(obs, actions)  # [2, B]
-    qf_loss = (q - target).pow(2).mean(dim=1).sum()  # Eq. 19, summed over the twins
-    critic_optimizer.zero_grad()
-    qf_loss.backward()
-    critic_optimizer.step()
-    with torch.no_grad():
-        torch._foreach_lerp_(list(target_critic.parameters()), list(critic.parameters()), tau)
-    return {"losses/qf_loss": qf_loss.detach(), "losses/qf_values": q.detach().mean()}
+# ==== Run management, not FMER: checkpoints and exact resume, argument and env checks, logging, the fast path ====
 
 
-def update_actor(obs, actor, critic, actor_optimizer, log_alpha, alpha_optimizer, log_beta, beta_optimizer,
-                 num_candidates, num_steps, ess_target, target_entropy):
-    """Eq. 8: minimise L_WCFM + alpha * L_H over fresh candidates, then one dual step on alpha (toward
-    the target entropy). No step on beta: these weights do not depend on it, so it stays at --beta-init."""
-    with torch.no_grad():
-        u = sample_candidates(actor, obs, num_candidates, num_steps)
-        q = score_candidates(critic, obs, torch.tanh(u))
-        weights, ess = advantage_weights(q, log_beta.exp())
-    wcfm, entropy = flow_losses(actor, obs, u, weights)
-    entropy_loss = -entropy  # Eq. 18
-    actor_loss = wcfm + log_alpha.exp().detach() * entropy_loss
-    actor_optimizer.zero_grad()
-    actor_loss.backward()
-    actor_optimizer.step()
-    alpha_loss = dual_update(log_alpha, alpha_optimizer, entropy, target_entropy)
-    return {
-        "losses/wcfm_loss": wcfm.detach(), "losses/entropy_loss": entropy_loss.detach(),
-        "losses/actor_loss": actor_loss.detach(), "losses/alpha": log_alpha.detach().exp(),
-        "losses/alpha_loss": alpha_loss, "losses/beta": log_beta.detach().exp(),
-        "charts/ess": ess.mean(), "charts/entropy": entropy.detach(),
-    }
+class RememberResetRNG(gym.Wrapper):
+    """Keeps the env's RNG state from just before its latest reset (None once the episode has taken a step): a resumed
+    run redoes that reset exactly. The physics of an episode cut midway is not saved; the resumed run starts a new one."""
 
+    def rng(self) -> np.random.Generator:
+        return self.unwrapped.np_random
 
-def evaluate(actor, critic, envs, action_scale, action_bias, num_candidates, num_steps, device, frames=None):
-    """One episode per env with the best-of-K rule -> (returns, lengths); a list `frames` gets env 0's images."""
-    obs, _ = envs.reset()
-    returns, lengths = [None] * envs.num_envs, [None] * envs.num_envs
-    while any(r is None for r in returns):
-        if frames is not None and returns[0] is None:
-            frames.append(envs.envs[0].render())
-        obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device)
-        actions = best_of_k_actions(actor, critic, obs_t, num_candidates, num_steps).cpu().numpy()
-        obs, _, _, _, infos = envs.step(actions * action_scale + action_bias)
-        for i, episode_return, episode_length in finished_episodes(infos):
-            if returns[i] is None:
-                returns[i], lengths[i] = episode_return, episode_length
-    return np.array(returns), np.array(lengths)
+    def reset(self, **kwargs):
+        self.rng_state = self.rng().bit_generator.state  # a new dict, a snapshot
+        return super().reset(**kwargs)
+
+    def step(self, action):
+        self.rng_state = None
+        return super().step(action)
 
 
 def save_atomically(state: dict, path: str) -> bool:
@@ -454,8 +481,8 @@ def save_atomically(state: dict, path: str) -> bool:
 
 def save_checkpoint(path, actor, critic, log_alpha, log_beta, args) -> bool:
     """The small model file of --save-model, for evaluation and sharing."""
-    return save_atomically({"actor": actor.state_dict(), "critic": critic.state_dict(), "log_alpha": log_alpha.detach(),
-                            "log_beta": log_beta.detach(), "args": vars(args)}, path)
+    duals = {"log_alpha": log_alpha.detach(), "log_beta": log_beta.detach()}
+    return save_atomically({"actor": actor.state_dict(), "critic": critic.state_dict(), **duals, "args": vars(args)}, path)
 
 
 def load_file(path: str, what: str, keys: set) -> dict:
@@ -474,35 +501,113 @@ def load_file(path: str, what: str, keys: set) -> dict:
 
 
 def load_optimizer(optimizer: torch.optim.Optimizer, saved: dict, capturable: bool) -> None:
-    """optimizer.load_state_dict(saved), fitted to this run's device and flags. load_state_dict replaces each param group
-    by the saved one: a tensor learning rate (the device tensor the loop fills, which a compiled or captured step reads)
-    is put back, holding the saved value, and capturable (a CUDA run saves True) is set for this run, its step counts
-    moved to match (capturable: on the parameters' device; else on the CPU)."""
+    """optimizer.load_state_dict(saved), fitted to this run's device and flags, whichever run saved it."""
     lrs = [group["lr"] for group in optimizer.param_groups]
-    optimizer.load_state_dict(saved)
+    optimizer.load_state_dict(saved)  # replaces each param group by the saved one
     for group, lr in zip(optimizer.param_groups, lrs):
         if isinstance(lr, torch.Tensor):
-            group["lr"] = lr.copy_(torch.as_tensor(group["lr"]))
-        group["capturable"] = capturable
+            group["lr"] = lr.copy_(torch.as_tensor(group["lr"]))  # the tensor a compiled or captured step reads
+        group["capturable"] = capturable  # this run's, with the step counts where it needs them
         for param in group["params"]:
             if "step" in optimizer.state.get(param, {}):
                 step = optimizer.state[param]["step"]
                 optimizer.state[param]["step"] = step.to(param.device if capturable else "cpu", torch.float32)
 
 
-def resumed_args(args: Args, saved: dict) -> Args:
-    """The saved run's args. A flag given now that differs from both its default and the saved value
-    is an error, except those that do not change the run; --total-timesteps may only rise."""
-    defaults, free = Args(), ("resume", "cuda", "compile", "cudagraphs", "progress_seconds", "total_timesteps",
-                              "track", "capture_video")
+# The flags a resumed run may change, since they do not change the run (--total-timesteps only up).
+RESUME_MAY_CHANGE = "resume cuda compile cudagraphs progress_seconds total_timesteps track capture_video".split()
+
+
+def resolve_run(args: Args) -> tuple[Args, dict | None, str]:
+    """(args, training state or None, run folder): with --resume, the saved run's (`auto`: runs/NAME if it was saved)."""
+    if args.resume == "auto":  # a requeued job
+        if args.run_name is None:
+            sys.exit("error: --resume auto needs --run-name NAME")
+        args.resume = f"runs/{args.run_name}" if os.path.isfile(f"runs/{args.run_name}/state.pt") else None
+    if args.resume is None:
+        args.run_name = args.run_name or f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+        if not args.eval_only and os.path.exists(f"runs/{args.run_name}/state.pt"):
+            sys.exit(f"error: runs/{args.run_name} already holds a run: --resume runs/{args.run_name}, or another --run-name")
+        return args, None, f"runs/{args.run_name}"
+    state_path = os.path.join(args.resume, "state.pt") if os.path.isdir(args.resume) else args.resume
+    state = load_file(state_path, "training state", {"script", "args", "counters"})
+    if not isinstance(state["counters"], dict):
+        sys.exit(f"error: {state_path} was saved by an older {SCRIPT} (counters as a tuple): resume it with that version")
+    saved, defaults = state["args"], Args()
     for name, value in vars(args).items():
-        if name not in free and value != getattr(defaults, name) and value != saved[name]:
+        if name not in RESUME_MAY_CHANGE and value != getattr(defaults, name) and value != saved[name]:
             sys.exit(f"error: --{name.replace('_', '-')} {value} conflicts with the resumed run's {saved[name]}")
-    if args.total_timesteps != defaults.total_timesteps and args.total_timesteps < saved["total_timesteps"]:
+    if args.total_timesteps == defaults.total_timesteps:
+        args.total_timesteps = saved["total_timesteps"]
+    elif args.total_timesteps < saved["total_timesteps"]:
         sys.exit(f"error: --total-timesteps can only rise on resume (the run has {saved['total_timesteps']})")
-    total = args.total_timesteps if args.total_timesteps != defaults.total_timesteps else saved["total_timesteps"]
-    kept = {name: getattr(args, name) for name in free}
-    return Args(**{**saved, **kept, "total_timesteps": total})
+    args = Args(**{**saved, **{name: getattr(args, name) for name in RESUME_MAY_CHANGE}})
+    return args, state, os.path.dirname(state_path) or "."
+
+
+def training_state(args, learner: dict, optimizers: list, rb, metrics, counters, obs, rng, envs, eval_envs, device) -> dict:
+    """Everything a run needs to continue exactly, as state_dicts, tensors and numbers (the RNG of this GPU only)."""
+    cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    rngs = {"python": random.getstate(), "numpy": rng.bit_generator.state, "torch": torch.get_rng_state(), "cuda": cuda_rng}
+    return {
+        "script": SCRIPT,
+        "args": vars(args),
+        **{name: part.state_dict() if isinstance(part, nn.Module) else part.detach() for name, part in learner.items()},
+        "optimizers": [optimizer.state_dict() for optimizer in optimizers],
+        "replay_buffer": rb.state_dict(),
+        "metrics": metrics,
+        "counters": counters,
+        "obs": torch.as_tensor(obs),
+        "rng": rngs,
+        "env_rngs": [env.rng_state or env.rng().bit_generator.state for env in envs.envs],  # see RememberResetRNG
+        "eval_env_rngs": [env.rng().bit_generator.state for env in eval_envs.envs],
+    }
+
+
+def restore_training_state(state: dict, learner: dict, optimizers: list, rb, rng, envs, eval_envs, device) -> dict:
+    """Put a saved training state back, whichever device and fast-path flags wrote it; returns its latest losses."""
+    with torch.no_grad():
+        for name, part in learner.items():
+            if isinstance(part, nn.Module):
+                part.load_state_dict(state[name])
+            else:
+                part.copy_(state[name])
+    for optimizer, saved in zip(optimizers, state["optimizers"]):
+        load_optimizer(optimizer, saved, capturable=device.type == "cuda")
+    rb.load_state_dict(state["replay_buffer"])
+    random.setstate(state["rng"]["python"])
+    rng.bit_generator.state = state["rng"]["numpy"]
+    torch.set_rng_state(state["rng"]["torch"])
+    if device.type == "cuda" and isinstance(state["rng"]["cuda"], torch.Tensor):  # a CPU run saved none
+        torch.cuda.set_rng_state(state["rng"]["cuda"], device)
+    for env, env_rng in zip([*envs.envs, *eval_envs.envs], state["env_rngs"] + state["eval_env_rngs"]):
+        env.rng().bit_generator.state = env_rng
+    return {name: value.to(device) for name, value in state["metrics"].items()}
+
+
+def evaluate_checkpoint(args: Args, device: torch.device) -> None:
+    """--eval-only: evaluate --checkpoint (its env, width, K and N) for --eval-episodes episodes, print, exit."""
+    checkpoint = load_file(args.checkpoint, "checkpoint", {"actor", "critic", "args"})
+    if "env_id" not in checkpoint["args"]:
+        sys.exit(f"error: {args.checkpoint} names no env id (saved by another script, e.g. fmer_kitchen.py)")
+    for name in ("env_id", "hidden_dim", "num_candidates", "ode_steps"):
+        setattr(args, name, checkpoint["args"][name])
+    action_space, observation_space = check_env(args.env_id)
+    obs_dim, act_dim = observation_space.shape[0], action_space.shape[0]
+    actor = VelocityField(obs_dim, act_dim, args.hidden_dim).to(device)
+    critic = TwinQ(obs_dim, act_dim, args.hidden_dim).to(device)
+    try:
+        actor.load_state_dict(checkpoint["actor"])
+        critic.load_state_dict(checkpoint["critic"])
+    except RuntimeError as e:
+        sys.exit(f"error: {args.checkpoint} does not fit {args.env_id}: {str(e).splitlines()[0]}")
+    envs = make_vector_env(args.env_id, args.eval_episodes, args.seed + 10_000)
+    envs.reset(seed=args.seed + 10_000)
+    scale, bias = (action_space.high - action_space.low) / 2.0, (action_space.high + action_space.low) / 2.0
+    returns, lengths = evaluate(actor, critic, envs, scale, bias, args.num_candidates, args.ode_steps, device)
+    summary = f"eval return {returns.mean():.2f} +- {returns.std():.2f} over {len(returns)} episodes"
+    print(f"{args.checkpoint} on {args.env_id}: {summary} (mean length {lengths.mean():.0f})")
+    sys.exit(0)
 
 
 def check_env(env_id: str) -> tuple[gym.spaces.Box, gym.spaces.Space]:
@@ -522,26 +627,11 @@ def check_env(env_id: str) -> tuple[gym.spaces.Box, gym.spaces.Space]:
     return action_space, observation_space
 
 
-def check_rendering(env: gym.Env) -> None:
-    """Exit with one line unless env renders; MuJoCo renders through the OpenGL back end that MUJOCO_GL names."""
-    try:
-        with warnings.catch_warnings(action="ignore"):  # GLFW's own complaints, before the failure
-            env.render()
-    except Exception as e:  # e.g. GLFW without a display, or pygame missing for a classic-control env
-        sys.exit(f"error: --capture-video cannot render with MUJOCO_GL={os.environ.get('MUJOCO_GL', '(unset: glfw)')} "
-                 f"({type(e).__name__}: {e}): set MUJOCO_GL=egl on a GPU machine or MUJOCO_GL=osmesa on a CPU one "
-                 "(apt-get install libosmesa6), or run without --capture-video")
-
-
-def check_args(args: Args) -> None:
-    """Fill in the default ESS target (it depends on K); exit with one line on flags that cannot work together."""
-    for name in ("total_timesteps", "num_envs", "buffer_size", "batch_size", "updates_per_step", "policy_frequency",
-                 "hidden_dim", "num_candidates", "ode_steps", "eval_frequency", "eval_episodes", "log_frequency",
-                 "checkpoint_frequency"):
-        if getattr(args, name) < 1:
-            sys.exit(f"error: --{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    if args.ess_target is None:  # K / 2 (ours): a fixed 4 would force uniform weights at K = 4 (ESS <= K)
-        args.ess_target = max(1.0, args.num_candidates / 2)
+def check_args(args: Args, device: torch.device) -> None:
+    """Exit with one line on flags that cannot work together."""
+    for name, value in vars(args).items():  # the counts, sizes and frequencies
+        if type(value) is int and name not in ("seed", "learning_starts") and value < 1:
+            sys.exit(f"error: --{name.replace('_', '-')} must be at least 1, got {value}")
     if not 1.0 <= args.ess_target <= args.num_candidates:
         sys.exit(f"error: --ess-target must lie in [1, --num-candidates={args.num_candidates}]")
     if not (args.alpha_init > 0.0 and args.beta_init > 0.0):
@@ -550,15 +640,60 @@ def check_args(args: Args) -> None:
         sys.exit("error: --checkpoint is only read with --eval-only")
     if args.eval_only and args.checkpoint is None:
         sys.exit("error: --eval-only needs --checkpoint PATH")
+    if args.cudagraphs and device.type != "cuda":
+        sys.exit("error: --cudagraphs needs a CUDA device (try --compile alone)")
+
+
+def start_video(args: Args, eval_envs) -> float | None:
+    """--capture-video: render once now, so that a missing OpenGL back end fails here; returns the frame rate (or None)."""
+    if not args.capture_video:
+        return None
+    try:
+        with warnings.catch_warnings(action="ignore"):  # GLFW's own complaints, before the failure
+            eval_envs.envs[0].render()
+    except Exception as e:  # e.g. GLFW without a display, or pygame missing for a classic-control env
+        gl, fix = os.environ.get("MUJOCO_GL", "(unset: glfw)"), "set MUJOCO_GL=egl on a GPU machine or MUJOCO_GL=osmesa"
+        fix += " on a CPU one (apt-get install libosmesa6), or run without --capture-video"
+        sys.exit(f"error: --capture-video cannot render with MUJOCO_GL={gl} ({type(e).__name__}: {e}): {fix}")
+    os.makedirs(f"videos/{args.run_name}", exist_ok=True)
+    return eval_envs.metadata["render_fps"]
+
+
+def start_tracking(args: Args) -> None:
+    """--track: W&B mirrors the tensorboard log; a resumed run continues its W&B run."""
+    try:
+        import wandb
+    except ImportError:
+        sys.exit("error: --track needs wandb: pip install wandb==0.31.0")
+    run = {"name": args.run_name, "id": args.run_name, "resume": "allow", "config": vars(args), "save_code": True}
+    wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True, **run)
+
+
+def write_metrics(writer: SummaryWriter, metrics: dict, step: int, model_step: int | None) -> None:
+    """The latest losses to tensorboard, in one host sync; exit with one line if one is not finite."""
+    values = torch.stack(list(metrics.values())).tolist()
+    for name, value in zip(metrics, values):
+        if not math.isfinite(value):
+            kept = f" (checkpoint of step {model_step} kept)" if model_step is not None else ""
+            sys.exit(f"error: {name.split('/')[1]} is {value} at step {step}; stopping{kept}")
+        writer.add_scalar(name, value, step)
+
+
+def progress_line(args: Args, step: int, sps: float, last_return: float) -> str:
+    warm_up = step < args.learning_starts  # its SPS says nothing of learning's: no ETA yet
+    until, end = ("learning starts in", args.learning_starts) if warm_up else ("ETA", args.total_timesteps)
+    eta = f"{until} {(end - step) / max(sps, 1e-9) / 60:.1f} min  last return {last_return:.1f}"
+    return f"step {step}/{args.total_timesteps} ({'warm-up' if warm_up else 'learning'})  SPS {sps:.1f}  {eta}"
 
 
 class CudaGraphFunction:
-    """fn(*tensors) replayed as one CUDA graph (ours, LeanRL's): no Python, no kernel launches per call. The first
-    `warmup` calls run fn eagerly on a side stream, the next captures it; later calls copy their inputs into the
-    captured ones and replay (the next call overwrites the outputs). All are real calls; fn must keep its shapes."""
+    """fn(*tensors) replayed as one CUDA graph (ours, LeanRL's). WARMUP_CALLS eager calls on a side stream, then one that
+    captures; later calls copy their inputs into the captured ones and replay (outputs are overwritten by the next)."""
 
-    def __init__(self, fn, warmup: int = 3):
-        self.fn, self.warmup, self.graph = fn, warmup, None
+    WARMUP_CALLS = 3
+
+    def __init__(self, fn):
+        self.fn, self.warmup, self.graph = fn, self.WARMUP_CALLS, None
 
     def __call__(self, *inputs):
         if self.warmup > 0:
@@ -580,96 +715,50 @@ class CudaGraphFunction:
         return self.outputs
 
 
-def fast_path(fn, compile: bool, cudagraphs: bool):
-    """fn as --compile and --cudagraphs run it."""
-    if compile:
-        fn = torch.compile(fn)
-    if cudagraphs:
-        fn = CudaGraphFunction(fn)
-    return fn
-
-
 if __name__ == "__main__":
     args = tyro.cli(Args)
+    args, state, run_dir = resolve_run(args)  # --resume: the saved run's args, training state and folder
+    if args.ess_target is None:
+        args.ess_target = default_ess_target(args.num_candidates)
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-    if args.resume == "auto":  # a requeued job: continue runs/NAME if it was saved, else start it
-        if args.run_name is None:
-            sys.exit("error: --resume auto needs --run-name NAME")
-        args.resume = f"runs/{args.run_name}" if os.path.isfile(f"runs/{args.run_name}/state.pt") else None
-    state, state_path = None, None
-    if args.resume is not None:
-        state_path = os.path.join(args.resume, "state.pt") if os.path.isdir(args.resume) else args.resume
-        state = load_file(state_path, "training state", {"script", "args", "counters"})
-        args = resumed_args(args, state["args"])
-    check_args(args)
+    check_args(args, device)
+    if args.cuda and device.type == "cpu":
+        print("CUDA is not available: running on CPU")
 
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
-    if args.cuda and device.type == "cpu":
-        print("CUDA is not available: running on CPU")
-    if args.cudagraphs and device.type != "cuda":
-        sys.exit("error: --cudagraphs needs a CUDA device (try --compile alone)")
+    if args.eval_only:
+        evaluate_checkpoint(args, device)  # prints the evaluation and exits
 
-    checkpoint = load_file(args.checkpoint, "checkpoint", {"actor", "critic", "args"}) if args.eval_only else None
-    if checkpoint is not None:  # the network and env must match what was saved
-        if "env_id" not in checkpoint["args"]:
-            sys.exit(f"error: {args.checkpoint} names no env id (saved by another script, e.g. fmer_kitchen.py)")
-        for name in ("env_id", "hidden_dim", "num_candidates", "ode_steps"):
-            setattr(args, name, checkpoint["args"][name])
     action_space, observation_space = check_env(args.env_id)
     obs_dim, act_dim = observation_space.shape[0], action_space.shape[0]
     action_scale = (action_space.high - action_space.low) / 2.0
     action_bias = (action_space.high + action_space.low) / 2.0
+    envs = make_vector_env(args.env_id, args.num_envs, args.seed)
+    eval_envs = make_vector_env(args.env_id, args.eval_episodes, args.seed + 10_000, args.capture_video)
+    eval_envs.reset(seed=args.seed + 10_000)  # seeds the eval envs' RNGs once; evaluate() continues them
+    video_fps = start_video(args, eval_envs)
+    if args.track:
+        start_tracking(args)
+    # A resumed run appends to the same log; TensorBoard drops what the stopped run logged after its save
+    # (all of it, for a run stopped before its first save). The table is rewritten: --total-timesteps may rise.
+    start_step = state["counters"]["global_step"] if state else 0
+    writer = SummaryWriter(run_dir, purge_step=start_step + 1 if state else 0)
+    table = "\n".join(f"|{key}|{value}|" for key, value in vars(args).items())
+    writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}", start_step)
+    model_path, state_path = f"{run_dir}/{args.exp_name}.fmer_model", f"{run_dir}/state.pt"
 
     actor = VelocityField(obs_dim, act_dim, args.hidden_dim).to(device)
     critic = TwinQ(obs_dim, act_dim, args.hidden_dim).to(device)
-    log_alpha = torch.tensor(math.log(args.alpha_init), device=device, requires_grad=True)
-    log_beta = torch.tensor(math.log(args.beta_init), device=device, requires_grad=True)
-    eval_envs = make_vector_env(args.env_id, args.eval_episodes, args.seed + 10_000, args.capture_video)
-    eval_envs.reset(seed=args.seed + 10_000)  # seeds the eval envs' RNGs once; evaluate() continues them
-
-    if checkpoint is not None:
-        try:
-            actor.load_state_dict(checkpoint["actor"])
-            critic.load_state_dict(checkpoint["critic"])
-        except RuntimeError as e:
-            sys.exit(f"error: {args.checkpoint} does not fit {args.env_id}: {str(e).splitlines()[0]}")
-        returns, lengths = evaluate(actor, critic, eval_envs, action_scale, action_bias,
-                                    args.num_candidates, args.ode_steps, device)
-        print(f"{args.checkpoint} on {args.env_id}: eval return {returns.mean():.2f} +- {returns.std():.2f} "
-              f"over {len(returns)} episodes (mean length {lengths.mean():.0f})")
-        sys.exit(0)
-
-    args.run_name = args.run_name or f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    run_dir = (os.path.dirname(state_path) or ".") if state else f"runs/{args.run_name}"
-    if state is None and os.path.exists(f"{run_dir}/state.pt"):
-        sys.exit(f"error: {run_dir} already holds a run: continue it with --resume {run_dir}, or choose another --run-name")
-    if args.capture_video:  # render once now: a missing OpenGL back end fails here, not at the first evaluation
-        import imageio  # writes MP4 through imageio-ffmpeg
-        check_rendering(eval_envs.envs[0])
-        os.makedirs(f"videos/{args.run_name}", exist_ok=True)
-        video_fps = eval_envs.metadata["render_fps"]
-    if args.track:  # W&B mirrors the tensorboard log; a resumed run continues its W&B run
-        try:
-            import wandb
-        except ImportError:
-            sys.exit("error: --track needs wandb: pip install wandb==0.31.0")
-        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True, config=vars(args),
-                   name=args.run_name, id=args.run_name, resume="allow", save_code=True)
-    # A resumed run appends to the same log; TensorBoard drops what the stopped run logged after its save
-    # (all of it, for a run stopped before its first save). The table is rewritten: --total-timesteps may rise.
-    writer = SummaryWriter(run_dir, purge_step=state["counters"][0] + 1 if state else 0)
-    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()),
-                    state["counters"][0] if state else 0)
-    model_path, state_path = f"{run_dir}/{args.exp_name}.fmer_model", f"{run_dir}/state.pt"
-
     target_critic = TwinQ(obs_dim, act_dim, args.hidden_dim).to(device)
     target_critic.load_state_dict(critic.state_dict())
+    log_alpha = torch.tensor(math.log(args.alpha_init), device=device, requires_grad=True)
+    log_beta = torch.tensor(math.log(args.beta_init), device=device, requires_grad=True)
     # Learning rate and target entropy are device tensors changed in place: a compiled or captured update reads them.
-    # On CUDA, Adam's step counts live on the device (capturable), as CUDA graphs need; eager needs it too, since
-    # foreach Adam (CUDA's default) refuses a tensor learning rate otherwise. Its cost there is a few tiny kernels.
+    # On CUDA, Adam's step counts live on the device (capturable), as CUDA graphs need and as foreach Adam (CUDA's
+    # default) needs for a tensor learning rate; it costs a few tiny kernels.
     capturable = device.type == "cuda"
     warnings.filterwarnings("ignore", message=".*capturable=True can impair performance")
     actor_lr = torch.tensor(args.actor_lr, device=device)
@@ -678,80 +767,60 @@ if __name__ == "__main__":
     alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.alpha_lr, capturable=capturable)
     beta_optimizer = torch.optim.Adam([log_beta], lr=args.beta_lr, capturable=capturable)
     target_entropy = torch.tensor(act_dim * args.target_entropy_start, device=device)
+    K, N = args.num_candidates, args.ode_steps
 
     def critic_step(*batch):
-        return update_critic(batch, actor, critic, target_critic, critic_optimizer, args.gamma, args.tau,
-                             args.num_candidates, args.ode_steps)
+        return update_critic(batch, actor, critic, target_critic, critic_optimizer, args.gamma, args.tau, K, N)
 
     def actor_step(obs, target_entropy):
-        return update_actor(obs, actor, critic, actor_optimizer, log_alpha, alpha_optimizer, log_beta, beta_optimizer,
-                            args.num_candidates, args.ode_steps, args.ess_target, target_entropy)
+        duals = (log_alpha, alpha_optimizer, log_beta, beta_optimizer)
+        return update_actor(obs, actor, critic, actor_optimizer, *duals, K, N, args.ess_target, target_entropy)
 
     def act(obs):
-        return best_of_k_actions(actor, critic, obs, args.num_candidates, args.ode_steps)
+        return best_of_k_actions(actor, critic, obs, K, N)
 
-    critic_step, actor_step, act = (fast_path(fn, args.compile, args.cudagraphs) for fn in (critic_step, actor_step, act))
+    if args.compile:  # the fast path (ours, as LeanRL)
+        critic_step, actor_step, act = torch.compile(critic_step), torch.compile(actor_step), torch.compile(act)
+    if args.cudagraphs:
+        critic_step, actor_step, act = CudaGraphFunction(critic_step), CudaGraphFunction(actor_step), CudaGraphFunction(act)
 
     rb = ReplayBuffer(min(args.buffer_size, args.total_timesteps), obs_dim, act_dim, device)
-    envs = make_vector_env(args.env_id, args.num_envs, args.seed)
     rng = np.random.default_rng(args.seed)
-
-    # A step is one env transition; a vector step (num_envs of them) is followed by num_envs * updates_per_step updates.
     obs, _ = envs.reset(seed=args.seed)
-    global_step, num_updates, last_return, last_saved_step = 0, 0, float("nan"), None
-    metrics, next_log, next_eval, next_checkpoint = {}, args.log_frequency, args.eval_frequency, args.checkpoint_frequency
-    optimizers = (actor_optimizer, critic_optimizer, alpha_optimizer, beta_optimizer)
-
-    def training_state() -> dict:
-        """Everything the run needs to continue exactly, as one dict of state_dicts and tensors."""
-        return {"script": SCRIPT, "args": vars(args), "actor": actor.state_dict(), "critic": critic.state_dict(),
-                "target_critic": target_critic.state_dict(), "log_alpha": log_alpha.detach(), "log_beta": log_beta.detach(),
-                "optimizers": [opt.state_dict() for opt in optimizers], "replay_buffer": rb.state_dict(),
-                "metrics": metrics, "obs": torch.as_tensor(obs),
-                "rng": {"python": random.getstate(), "numpy": rng.bit_generator.state, "torch": torch.get_rng_state(),
-                        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},  # this GPU's
-                "env_rngs": [env.rng_state or env.rng().bit_generator.state for env in envs.envs],  # see RememberResetRNG
-                "eval_env_rngs": [env.rng().bit_generator.state for env in eval_envs.envs],
-                "counters": (global_step, num_updates, next_log, next_eval, next_checkpoint, last_return, last_saved_step)}
-
+    global_step, num_updates, last_return, model_step, metrics = 0, 0, float("nan"), None, {}
+    learner = {"actor": actor, "critic": critic, "target_critic": target_critic, "log_alpha": log_alpha, "log_beta": log_beta}
+    optimizers = [actor_optimizer, critic_optimizer, alpha_optimizer, beta_optimizer]
     if state is not None:  # continue where the saved run stopped
-        for part, saved in zip((actor, critic, target_critic), (state["actor"], state["critic"], state["target_critic"])):
-            part.load_state_dict(saved)
-        for optimizer, saved in zip(optimizers, state["optimizers"]):  # saved on any device, with any flags
-            load_optimizer(optimizer, saved, capturable)
-        with torch.no_grad():
-            log_alpha.copy_(state["log_alpha"]), log_beta.copy_(state["log_beta"])
-        rb.load_state_dict(state["replay_buffer"])
-        metrics = {name: value.to(device) for name, value in state["metrics"].items()}
-        random.setstate(state["rng"]["python"])
-        rng.bit_generator.state = state["rng"]["numpy"]
-        torch.set_rng_state(state["rng"]["torch"])
-        if device.type == "cuda" and isinstance(state["rng"]["cuda"], torch.Tensor):  # a CPU run saved none
-            torch.cuda.set_rng_state(state["rng"]["cuda"], device)
-        for env, env_rng in zip([*envs.envs, *eval_envs.envs], state["env_rngs"] + state["eval_env_rngs"]):
-            env.rng().bit_generator.state = env_rng
+        metrics = restore_training_state(state, learner, optimizers, rb, rng, envs, eval_envs, device)
         obs, _ = envs.reset()  # at an episode boundary, the very reset the saved run did
-        global_step, num_updates, next_log, next_eval, next_checkpoint, last_return, last_saved_step = state["counters"]
+        global_step, num_updates = state["counters"]["global_step"], state["counters"]["num_updates"]
+        last_return, model_step = state["counters"]["last_return"], state["counters"]["model_step"]
         print(f"resuming {run_dir} at step {global_step}", flush=True)
-    print(f"{run_dir}: {args.total_timesteps} steps on {device}; steps up to {args.learning_starts} take uniform random "
-          f"actions (warm-up), then learning starts. Progress every {args.progress_seconds:g} s; "
-          "watch with `tensorboard --logdir runs`", flush=True)
-    stop_signal = []  # SIGTERM, SIGUSR1 (Slurm's preemption and time-limit warning), Ctrl-C: save, then exit
+
+    def save_training_state():
+        counters = dict(global_step=global_step, num_updates=num_updates, last_return=last_return, model_step=model_step)
+        saved = training_state(args, learner, optimizers, rb, metrics, counters, obs, rng, envs, eval_envs, device)
+        save_atomically(saved, state_path)
+
+    print(f"{run_dir}: {args.total_timesteps} steps on {device}, random actions until step {args.learning_starts}", flush=True)
+    stop_signal = []  # SIGTERM, SIGUSR1 (Slurm's preemption and time-limit warning), Ctrl-C: save at the step's end, exit
     for signum in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
         signal.signal(signum, lambda signum, frame: stop_signal.append(signum))
     start_time = window_time = time.time()
     last_print = start_time - max(args.progress_seconds - 10.0, 0.0)  # the first progress line comes after 10 s
     # SPS leaves out the windows that overlap the fast path's first calls: compilation at the first update, CUDA graph
-    # capture after 3 warm-up calls, all within 4 * policy_frequency vector steps of the first update.
+    # capture after WARMUP_CALLS calls, all within (WARMUP_CALLS + 1) * policy_frequency vector steps of it.
     window_step, first_update = global_step, max(global_step, args.learning_starts)
-    burn_in_end = first_update + 4 * args.policy_frequency * args.num_envs
+    burn_in_end = first_update + (CudaGraphFunction.WARMUP_CALLS + 1) * args.policy_frequency * args.num_envs
+
+    # A step is one env transition; a vector step (num_envs of them) is followed by num_envs * updates_per_step updates.
+    # `global_step % frequency < num_envs`: this vector step passed a multiple of frequency.
     try:
         while global_step < args.total_timesteps:
             if global_step < args.learning_starts:
                 actions = rng.uniform(-1.0, 1.0, size=(args.num_envs, act_dim)).astype(np.float32)
             else:
-                obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device)
-                actions = act(obs_t).cpu().numpy()
+                actions = act(torch.as_tensor(obs, dtype=torch.float32, device=device)).cpu().numpy()
             next_obs, rewards, terminations, truncations, infos = envs.step(actions * action_scale + action_bias)
             global_step += args.num_envs
 
@@ -772,52 +841,42 @@ if __name__ == "__main__":
                         for _ in range(args.policy_frequency):
                             metrics.update(actor_step(rb.sample(args.batch_size)[0], target_entropy))
 
-            if global_step >= next_log:
-                next_log += args.log_frequency
+            if global_step % args.log_frequency < args.num_envs:
                 now = time.time()
                 sps = (global_step - window_step) / max(now - window_time, 1e-9)
                 if not (global_step >= first_update and window_step < burn_in_end):  # else it would understate SPS
                     writer.add_scalar("charts/SPS", sps, global_step)
                 window_step, window_time = global_step, now
                 if metrics:
-                    values = torch.stack(list(metrics.values())).tolist()  # the one host sync per log
-                    for name, value in zip(metrics, values):
-                        if not math.isfinite(value):
-                            kept = f" (checkpoint of step {last_saved_step} kept)" if last_saved_step is not None else ""
-                            sys.exit(f"error: {name.split('/')[1]} is {value} at step {global_step}; stopping{kept}")
-                        writer.add_scalar(name, value, global_step)
+                    write_metrics(writer, metrics, global_step, model_step)
                     writer.add_scalar("charts/target_entropy", target_entropy, global_step)
                     writer.add_scalar("charts/learning_rate", actor_lr, global_step)
                 if now - last_print >= args.progress_seconds:
                     last_print = now
-                    warm_up = global_step < args.learning_starts  # its SPS says nothing of learning's: no ETA yet
-                    until, end = ("learning starts in", args.learning_starts) if warm_up else ("ETA", args.total_timesteps)
-                    print(f"step {global_step}/{args.total_timesteps} ({'warm-up' if warm_up else 'learning'})  "
-                          f"SPS {sps:.1f}  {until} {(end - global_step) / max(sps, 1e-9) / 60:.1f} min  "
-                          f"last return {last_return:.1f}", flush=True)
+                    print(progress_line(args, global_step, sps, last_return), flush=True)
 
-            if global_step >= next_eval or global_step >= args.total_timesteps:
-                next_eval = (global_step // args.eval_frequency + 1) * args.eval_frequency  # a raised total continues it
+            if global_step % args.eval_frequency < args.num_envs or global_step >= args.total_timesteps:
                 frames = [] if args.capture_video else None
-                returns, lengths = evaluate(actor, critic, eval_envs, action_scale, action_bias,
-                                            args.num_candidates, args.ode_steps, device, frames)
+                returns, lengths = evaluate(actor, critic, eval_envs, action_scale, action_bias, K, N, device, frames)
                 if frames:  # --capture-video: env 0's episode
                     imageio.mimwrite(f"videos/{args.run_name}/eval_step{global_step:08d}.mp4", frames, fps=video_fps)
                 writer.add_scalar("eval/episodic_return", returns.mean(), global_step)
                 writer.add_scalar("eval/episodic_length", lengths.mean(), global_step)
                 print(f"step {global_step}: eval return {returns.mean():.1f} +- {returns.std():.1f}", flush=True)
                 if args.save_model and save_checkpoint(model_path, actor, critic, log_alpha, log_beta, args):
-                    last_saved_step = global_step
+                    model_step = global_step
 
-            if global_step >= next_checkpoint or stop_signal:
-                next_checkpoint = (global_step // args.checkpoint_frequency + 1) * args.checkpoint_frequency
-                save_atomically(training_state(), state_path)
+            if global_step % args.checkpoint_frequency < args.num_envs or stop_signal:
+                save_training_state()
             if stop_signal:
                 model = args.save_model and save_checkpoint(model_path, actor, critic, log_alpha, log_beta, args)
-                print(f"{signal.Signals(stop_signal[0]).name} at step {global_step}: state saved to {state_path}"
-                      f"{f', model to {model_path}' if model else ''}; continue with --resume {run_dir}", file=sys.stderr)
+                print(
+                    f"{signal.Signals(stop_signal[0]).name} at step {global_step}: state saved to {state_path}"
+                    f"{f', model to {model_path}' if model else ''}; continue with --resume {run_dir}",
+                    file=sys.stderr,
+                )
                 sys.exit(128 + stop_signal[0])
-        save_atomically(training_state(), state_path)  # the end: a raised --total-timesteps can continue from here
+        save_training_state()  # the end: a raised --total-timesteps can continue from here
     except Exception:
         if args.save_model and save_checkpoint(model_path, actor, critic, log_alpha, log_beta, args):
             print(f"crashed at step {global_step}; model saved to {model_path}", file=sys.stderr)
@@ -827,6 +886,6 @@ if __name__ == "__main__":
         eval_envs.close()
         writer.close()
 
-    if args.save_model and last_saved_step is not None:
-        print(f"model of step {last_saved_step} saved to {model_path}")
+    if args.save_model and model_step is not None:
+        print(f"model of step {model_step} saved to {model_path}")
     print(f"done: {global_step} steps in {(time.time() - start_time) / 60:.1f} min")

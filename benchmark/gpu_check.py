@@ -41,6 +41,7 @@ installed from a wheelhouse (benchmark/make_wheelhouse.py writes one): --wheelho
 missing ones with `pip --no-index` into a folder that only the parts' subprocesses see.
 Exit status: 0 when every part that ran passed, 1 when one failed or was cut, 2 on bad input.
 """
+
 import argparse
 import datetime
 import json
@@ -63,8 +64,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PARTS = ("tests", "speed", "seeds", "learn", "multigoal", "mps", "kitchen")
 DEFAULT_PARTS = ("tests", "speed", "seeds", "learn")
-MODES = {"eager": [], "compile": ["--compile"], "cudagraphs": ["--cudagraphs"],
-         "compile+cudagraphs": ["--compile", "--cudagraphs"]}
+MODES = {
+    "eager": [],
+    "compile": ["--compile"],
+    "cudagraphs": ["--cudagraphs"],
+    "compile+cudagraphs": ["--compile", "--cudagraphs"],
+}
 NEVER = 1_000_000_000  # an eval frequency no speed run reaches
 
 # What each part runs, per profile. cap: seconds after the part's burn-in; startup: seconds it may take to get
@@ -96,72 +101,228 @@ PROFILES = {
         "total": 480,
         "warmup": {"cap": 150, "learning_starts": 300, "steps": 20, "extra": []},
         "tests": {"cap": 60, "pytest": ["tests/test_fmer_speed.py", "-k", "on_cuda"]},
-        "speed": {"cap": 110, "startup": 60, "iters": 20, "warmup": 5, "parts": False, "learning_starts": 1000,
-                  "burn_in": 100, "sps_steps": 500, "extra": [],
-                  # (env, mode, real-run SPS?) in order of value: a cut part keeps the first ones
-                  "runs": [("Humanoid-v5", "eager", True), ("Humanoid-v5", "compile+cudagraphs", True),
-                           ("Humanoid-v5", "compile", True), ("Hopper-v5", "compile+cudagraphs", False),
-                           ("Hopper-v5", "eager", False)]},
-        "seeds": {"cap": 80, "startup": 60, "env": "Humanoid-v5", "counts": [1, 4], "learning_starts": 1000,
-                  "burn_in": 200, "window": 15, "steps": 40_000, "extra": []},
-        "learn": {"cap": 60, "startup": 60, "env": "Hopper-v5", "total": 15_000, "learning_starts": 5000,
-                  "eval_every": 5000, "eval_episodes": 5, "burn_in": 200, "extra": []},
-        "multigoal": {"cap": 240, "startup": 120, "total": 10_000, "learning_starts": 1000, "burn_in": 200,
-                      "extra": ["--hidden-dim", "256"]},
-        "mps": {"cap": 150, "startup": 60, "env": "Humanoid-v5", "counts": [2, 4], "learning_starts": 1000,
-                "burn_in": 200, "window": 15, "steps": 40_000, "extra": []},
-        "kitchen": {"cap": 240, "startup": 120, "total": 200_000, "learning_starts": 5000, "eval_every": 10_000,
-                    "eval_episodes": 5, "burn_in": 200, "extra": []},
+        "speed": {
+            "cap": 110,
+            "startup": 60,
+            "iters": 20,
+            "warmup": 5,
+            "parts": False,
+            "learning_starts": 1000,
+            "burn_in": 100,
+            "sps_steps": 500,
+            "extra": [],
+            # (env, mode, real-run SPS?) in order of value: a cut part keeps the first ones
+            "runs": [
+                ("Humanoid-v5", "eager", True),
+                ("Humanoid-v5", "compile+cudagraphs", True),
+                ("Humanoid-v5", "compile", True),
+                ("Hopper-v5", "compile+cudagraphs", False),
+                ("Hopper-v5", "eager", False),
+            ],
+        },
+        "seeds": {
+            "cap": 80,
+            "startup": 60,
+            "env": "Humanoid-v5",
+            "counts": [1, 4],
+            "learning_starts": 1000,
+            "burn_in": 200,
+            "window": 15,
+            "steps": 40_000,
+            "extra": [],
+        },
+        "learn": {
+            "cap": 60,
+            "startup": 60,
+            "env": "Hopper-v5",
+            "total": 15_000,
+            "learning_starts": 5000,
+            "eval_every": 5000,
+            "eval_episodes": 5,
+            "burn_in": 200,
+            "extra": [],
+        },
+        "multigoal": {
+            "cap": 240,
+            "startup": 120,
+            "total": 10_000,
+            "learning_starts": 1000,
+            "burn_in": 200,
+            "extra": ["--hidden-dim", "256"],
+        },
+        "mps": {
+            "cap": 150,
+            "startup": 60,
+            "env": "Humanoid-v5",
+            "counts": [2, 4],
+            "learning_starts": 1000,
+            "burn_in": 200,
+            "window": 15,
+            "steps": 40_000,
+            "extra": [],
+        },
+        "kitchen": {
+            "cap": 240,
+            "startup": 120,
+            "total": 200_000,
+            "learning_starts": 5000,
+            "eval_every": 10_000,
+            "eval_episodes": 5,
+            "burn_in": 200,
+            "extra": [],
+        },
     },
     "full": {
         "total": None,
         "warmup": {"cap": 300, "learning_starts": 300, "steps": 20, "extra": []},
         "tests": {"cap": 600, "pytest": ["tests"]},
-        "speed": {"cap": 600, "startup": 120, "iters": 50, "warmup": 5, "parts": True, "learning_starts": 2000,
-                  "burn_in": 500, "sps_steps": 3000, "extra": [],
-                  "runs": [(env, mode, True) for env in ("Humanoid-v5", "Hopper-v5")
-                           for mode in ("eager", "compile+cudagraphs", "compile")]},
-        "seeds": {"cap": 600, "startup": 120, "env": "Humanoid-v5", "counts": [1, 2, 4, 8], "learning_starts": 2000,
-                  "burn_in": 500, "window": 60, "steps": 100_000, "extra": []},
-        "learn": {"cap": 600, "startup": 120, "env": "Hopper-v5", "total": 100_000, "learning_starts": 10_000,
-                  "eval_every": 10_000, "eval_episodes": 10, "burn_in": 500, "extra": []},
-        "multigoal": {"cap": 600, "startup": 120, "total": 45_000, "learning_starts": 10_000, "burn_in": 200,
-                      "extra": ["--hidden-dim", "256", "--plot-frequency", "15000"]},  # the paper's protocol
-        "mps": {"cap": 600, "startup": 120, "env": "Humanoid-v5", "counts": [2, 4, 8], "learning_starts": 2000,
-                "burn_in": 500, "window": 60, "steps": 100_000, "extra": []},
-        "kitchen": {"cap": 600, "startup": 120, "total": 1_000_000, "learning_starts": 10_000, "eval_every": 10_000,
-                    "eval_episodes": 10, "burn_in": 500, "extra": []},
+        "speed": {
+            "cap": 600,
+            "startup": 120,
+            "iters": 50,
+            "warmup": 5,
+            "parts": True,
+            "learning_starts": 2000,
+            "burn_in": 500,
+            "sps_steps": 3000,
+            "extra": [],
+            "runs": [
+                (env, mode, True)
+                for env in ("Humanoid-v5", "Hopper-v5")
+                for mode in ("eager", "compile+cudagraphs", "compile")
+            ],
+        },
+        "seeds": {
+            "cap": 600,
+            "startup": 120,
+            "env": "Humanoid-v5",
+            "counts": [1, 2, 4, 8],
+            "learning_starts": 2000,
+            "burn_in": 500,
+            "window": 60,
+            "steps": 100_000,
+            "extra": [],
+        },
+        "learn": {
+            "cap": 600,
+            "startup": 120,
+            "env": "Hopper-v5",
+            "total": 100_000,
+            "learning_starts": 10_000,
+            "eval_every": 10_000,
+            "eval_episodes": 10,
+            "burn_in": 500,
+            "extra": [],
+        },
+        "multigoal": {
+            "cap": 600,
+            "startup": 120,
+            "total": 45_000,
+            "learning_starts": 10_000,
+            "burn_in": 200,
+            "extra": ["--hidden-dim", "256"],
+        },  # the paper's protocol
+        "mps": {
+            "cap": 600,
+            "startup": 120,
+            "env": "Humanoid-v5",
+            "counts": [2, 4, 8],
+            "learning_starts": 2000,
+            "burn_in": 500,
+            "window": 60,
+            "steps": 100_000,
+            "extra": [],
+        },
+        "kitchen": {
+            "cap": 600,
+            "startup": 120,
+            "total": 1_000_000,
+            "learning_starts": 10_000,
+            "eval_every": 10_000,
+            "eval_episodes": 10,
+            "burn_in": 500,
+            "extra": [],
+        },
     },
     "dry": {
         "total": None,
         "warmup": {"cap": 300, "learning_starts": 100, "steps": 10, "extra": ["--hidden-dim", "32", "--batch-size", "32"]},
         "tests": {"cap": 300, "pytest": ["tests/test_fmer_speed.py", "-k", "on_cuda"]},
-        "speed": {"cap": 300, "startup": 300, "iters": 2, "warmup": 1, "parts": False, "learning_starts": 100,
-                  "burn_in": 10, "sps_steps": 20, "extra": ["--hidden-dim", "32", "--batch-size", "32"],
-                  "runs": [("Hopper-v5", "eager", True)]},
-        "seeds": {"cap": 300, "startup": 300, "env": "Hopper-v5", "counts": [1, 2], "learning_starts": 200,
-                  "burn_in": 20, "window": 0, "steps": 5000,
-                  "extra": ["--hidden-dim", "32", "--batch-size", "32", "--log-frequency", "10"]},
-        "learn": {"cap": 300, "startup": 300, "env": "Hopper-v5", "total": 300, "learning_starts": 150,
-                  "eval_every": 150, "eval_episodes": 2, "burn_in": 20,
-                  "extra": ["--hidden-dim", "32", "--batch-size", "32", "--log-frequency", "10"]},
-        "multigoal": {"cap": 300, "startup": 300, "total": 300, "learning_starts": 200, "burn_in": 20,
-                      "extra": ["--hidden-dim", "32", "--batch-size", "32", "--eval-frequency", "100",
-                                "--eval-episodes", "5", "--plot-frequency", "300", "--log-frequency", "10"]},
+        "speed": {
+            "cap": 300,
+            "startup": 300,
+            "iters": 2,
+            "warmup": 1,
+            "parts": False,
+            "learning_starts": 100,
+            "burn_in": 10,
+            "sps_steps": 20,
+            "extra": ["--hidden-dim", "32", "--batch-size", "32"],
+            "runs": [("Hopper-v5", "eager", True)],
+        },
+        "seeds": {
+            "cap": 300,
+            "startup": 300,
+            "env": "Hopper-v5",
+            "counts": [1, 2],
+            "learning_starts": 200,
+            "burn_in": 20,
+            "window": 0,
+            "steps": 5000,
+            "extra": ["--hidden-dim", "32", "--batch-size", "32", "--log-frequency", "10"],
+        },
+        "learn": {
+            "cap": 300,
+            "startup": 300,
+            "env": "Hopper-v5",
+            "total": 300,
+            "learning_starts": 150,
+            "eval_every": 150,
+            "eval_episodes": 2,
+            "burn_in": 20,
+            "extra": ["--hidden-dim", "32", "--batch-size", "32", "--log-frequency", "10"],
+        },
+        "multigoal": {
+            "cap": 300,
+            "startup": 300,
+            "total": 300,
+            "learning_starts": 200,
+            "burn_in": 20,
+            "extra": [
+                "--hidden-dim",
+                "32",
+                "--batch-size",
+                "32",
+                "--eval-frequency",
+                "100",
+                "--eval-episodes",
+                "5",
+                "--log-frequency",
+                "10",
+            ],
+        },
         "mps": {"cap": 0},
-        "kitchen": {"cap": 300, "startup": 300, "total": 400, "learning_starts": 150, "eval_every": 200,
-                    "eval_episodes": 2, "burn_in": 20,
-                    "extra": ["--hidden-dim", "32", "--batch-size", "32", "--log-frequency", "10"]},
+        "kitchen": {
+            "cap": 300,
+            "startup": 300,
+            "total": 400,
+            "learning_starts": 150,
+            "eval_every": 200,
+            "eval_episodes": 2,
+            "burn_in": 20,
+            "extra": ["--hidden-dim", "32", "--batch-size", "32", "--log-frequency", "10"],
+        },
     },
 }
 GRACE = 15.0  # seconds between a stop signal and SIGKILL, for all of a part's runs together
 RESERVE = 20.0  # seconds kept from the check's deadline to stop the last runs and write the report
 # Import name -> pip name of what the parts need besides torch.
-NEEDED = {"numpy": "numpy", "gymnasium": "gymnasium", "mujoco": "mujoco", "tyro": "tyro",
-          "tensorboard": "tensorboard"}
-NEEDED_BY_PART = {"tests": {"pytest": "pytest"}, "multigoal": {"matplotlib": "matplotlib"},
-                  "kitchen": {"gymnasium_robotics": "gymnasium-robotics"}}
-NEEDED_FULL_TESTS = {"gymnasium_robotics": "gymnasium-robotics", "matplotlib": "matplotlib"}
+NEEDED = {"numpy": "numpy", "gymnasium": "gymnasium", "mujoco": "mujoco", "tyro": "tyro", "tensorboard": "tensorboard"}
+NEEDED_BY_PART = {
+    "tests": {"pytest": "pytest"},
+    "kitchen": {"gymnasium_robotics": "gymnasium-robotics"},
+}
+NEEDED_FULL_TESTS = {"gymnasium_robotics": "gymnasium-robotics", "matplotlib": "matplotlib"}  # and docs/multigoal/pictures.py
 
 PROGRESS = re.compile(r"^step (\d+)/\d+(?: \([\w-]+\))?\s+SPS")  # "step 1200/1000000 (learning)  SPS ..."
 EVAL = re.compile(r"^step (\d+): eval return (\S+) \+- ([^\s,]+),?\s*(.*)$")
@@ -244,9 +405,16 @@ class Run:
     def __init__(self, name: str, cmd: list[str], env: dict, log: Log, cwd: Path):
         self.name, self.cmd, self.log = name, [str(c) for c in cmd], log
         self.start = time.monotonic()
-        self.proc = subprocess.Popen([sys.executable, "-c", LAUNCH, str(os.getpid()), *self.cmd], cwd=cwd, env=env,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", LAUNCH, str(os.getpid()), *self.cmd],
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            start_new_session=True,
+        )
         log.write(f"[{name}] $ {subprocess.list2cmdline(self.cmd)}   (pid {self.proc.pid}, in {cwd})")
         self.progress: list[tuple[float, int]] = []  # (seconds since start, step)
         self.evals: list[dict] = []
@@ -266,16 +434,27 @@ class Run:
             if m := PROGRESS.match(line):
                 self.progress.append((now, int(m.group(1))))
             elif m := EVAL.match(line):
-                entry = {"step": int(m.group(1)), "return": float(m.group(2)), "std": float(m.group(3)),
-                         "seconds": round(now, 1)}
+                entry = {
+                    "step": int(m.group(1)),
+                    "return": float(m.group(2)),
+                    "std": float(m.group(3)),
+                    "seconds": round(now, 1),
+                }
                 if g := GOALS.search(m.group(4)):
                     entry["goals_reached"] = int(g.group(1))
                 self.evals.append(entry)
             elif m := KITCHEN_EVAL.match(line):
-                successes = {s.group(1): [int(s.group(2)), int(s.group(3))]
-                             for s in map(SUCCESSES.match, m.group(3).split(", ")) if s}
-                self.evals.append({"step": int(m.group(1)), "completion_pct": float(m.group(2)),
-                                   "successes": successes, "seconds": round(now, 1)})
+                successes = {
+                    s.group(1): [int(s.group(2)), int(s.group(3))] for s in map(SUCCESSES.match, m.group(3).split(", ")) if s
+                }
+                self.evals.append(
+                    {
+                        "step": int(m.group(1)),
+                        "completion_pct": float(m.group(2)),
+                        "successes": successes,
+                        "seconds": round(now, 1),
+                    }
+                )
             elif m := CASE.match(line):
                 self.cases.append({"test": m.group(1), "outcome": m.group(2).lower(), "seconds": None, "message": ""})
 
@@ -320,8 +499,7 @@ class Run:
         if len(points) < 2 or points[-1][0] <= points[0][0]:
             return None
         (ta, sa), (tb, sb) = points[0], points[-1]
-        return {"sps": (sb - sa) / (tb - ta), "steps": sb - sa, "seconds": round(tb - ta, 2), "from_step": sa,
-                "to_step": sb}
+        return {"sps": (sb - sa) / (tb - ta), "steps": sb - sa, "seconds": round(tb - ta, 2), "from_step": sa, "to_step": sb}
 
     def failure(self) -> str | None:
         """Its exit status and last lines, if it ended by itself with an error."""
@@ -329,8 +507,7 @@ class Run:
         if code in (None, 0) or self.stopped:
             return None
         errors = [line.strip() for line in self.tail if ERROR.match(line.strip())][-2:]
-        return f"exit status {code}" + "".join(f"\n{e}" for e in errors) + "\nlast lines:\n" + "\n".join(
-            list(self.tail)[-12:])
+        return f"exit status {code}" + "".join(f"\n{e}" for e in errors) + "\nlast lines:\n" + "\n".join(list(self.tail)[-12:])
 
 
 def stop_runs(runs: list[Run], grace: float = GRACE, first: int = signal.SIGTERM):
@@ -405,11 +582,18 @@ subprocess.run([sys.argv[1]], input="quit\n", text=True, capture_output=True, ti
 
 def start_mps(control: str, env: dict, log: Log) -> tuple[subprocess.Popen, str | None]:
     """Start the guard, then the daemon (so that no moment has a daemon without a guard); (guard, error or None)."""
-    guard = subprocess.Popen([sys.executable, "-c", MPS_GUARD, control], env=env, stdin=subprocess.PIPE,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    guard = subprocess.Popen(
+        [sys.executable, "-c", MPS_GUARD, control],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     with tempfile.TemporaryFile("w+") as said:  # not a pipe: the daemon may keep the descriptors it was given
-        start = subprocess.run([control, "-d"], env=env, stdin=subprocess.DEVNULL, stdout=said,
-                               stderr=subprocess.STDOUT, text=True, timeout=60)
+        start = subprocess.run(
+            [control, "-d"], env=env, stdin=subprocess.DEVNULL, stdout=said, stderr=subprocess.STDOUT, text=True, timeout=60
+        )
         said.seek(0)
         text = said.read().strip()
     log.write(f"[mps] $ {control} -d: exit {start.returncode} {text}")
@@ -439,8 +623,9 @@ def read_scalars(run_dir: Path, tags: list[str], env: dict) -> dict | str:
     """{tag: [[step, value], ...]} of a run's tensorboard log, read in a subprocess (tensorboard may live only on
     the parts' PYTHONPATH); a string says why it could not be read."""
     try:
-        proc = subprocess.run([sys.executable, "-c", EVENTS, str(run_dir), *tags], env=env, capture_output=True,
-                              text=True, timeout=300)
+        proc = subprocess.run(
+            [sys.executable, "-c", EVENTS, str(run_dir), *tags], env=env, capture_output=True, text=True, timeout=300
+        )
     except subprocess.TimeoutExpired:
         return "reading the tensorboard log took more than 300 s"
     if proc.returncode != 0:
@@ -456,10 +641,18 @@ def write_atomically(path: Path, text: str):
 
 
 class Check:
-    def __init__(self, args, profile: str, out: Path, work: Path, env: dict, machine: dict, log: Log,
-                 began: float | None = None):
+    def __init__(
+        self, args, profile: str, out: Path, work: Path, env: dict, machine: dict, log: Log, began: float | None = None
+    ):
         self.args, self.profile, self.out, self.work, self.env, self.machine, self.log = (
-            args, profile, out, work, env, machine, log)
+            args,
+            profile,
+            out,
+            work,
+            env,
+            machine,
+            log,
+        )
         self.dry = profile == "dry"
         self.sizes = {part: dict(size) if isinstance(size, dict) else size for part, size in PROFILES[profile].items()}
         for part, seconds in args.budget:
@@ -509,8 +702,12 @@ class Check:
 
     def update(self, part: str, partial: dict):
         """What a running part has measured so far, written at once."""
-        self.results["parts"][part] = {**partial, "status": "running",
-                                       "wall_s": round(time.monotonic() - self.part_started, 1), **self.budget_of(part)}
+        self.results["parts"][part] = {
+            **partial,
+            "status": "running",
+            "wall_s": round(time.monotonic() - self.part_started, 1),
+            **self.budget_of(part),
+        }
         self.write()
 
     @staticmethod
@@ -551,8 +748,9 @@ class Check:
             self.no_compiler = why
             self.run_mode = without_compiler(self.run_mode)
             self.results["run_mode"] = self.run_mode
-            self.say(f"torch.compile does not work here ({why}): running only the modes that need no compiler "
-                     "(eager, cudagraphs)")
+            self.say(
+                f"torch.compile does not work here ({why}): running only the modes that need no compiler (eager, cudagraphs)"
+            )
         self.write()
 
     def warm_up(self):
@@ -576,10 +774,29 @@ class Check:
         self.say(f"warm-up: {', '.join(envs)} in mode {mode}, {size['cap']:.0f} s at most")
         runs = []
         for env_id in envs:
-            cmd = [sys.executable, self.script("fmer_continuous.py"), "--env-id", env_id, "--seed", 1, "--exp-name",
-                   "gpu_check_warmup", "--total-timesteps", total, "--buffer-size", total, "--learning-starts",
-                   size["learning_starts"], "--eval-frequency", NEVER, "--eval-episodes", 1, *MODES[mode],
-                   *self.device_flags, *size["extra"]]
+            cmd = [
+                sys.executable,
+                self.script("fmer_continuous.py"),
+                "--env-id",
+                env_id,
+                "--seed",
+                1,
+                "--exp-name",
+                "gpu_check_warmup",
+                "--total-timesteps",
+                total,
+                "--buffer-size",
+                total,
+                "--learning-starts",
+                size["learning_starts"],
+                "--eval-frequency",
+                NEVER,
+                "--eval-episodes",
+                1,
+                *MODES[mode],
+                *self.device_flags,
+                *size["extra"],
+            ]
             runs.append(Run(f"warm-up {env_id}", cmd, self.child_env(), self.log, self.rundir(f"warmup_{env_id}")))
         clock, ends = Clock(0, size["cap"], self.hard), {}
         clock.burn_in()
@@ -591,13 +808,25 @@ class Check:
         note_ends()
         if not ended:
             stop_runs(runs)
-        each = [{"env_id": env_id, "seconds": round(ends.get(r.name, time.monotonic()) - r.start, 1),
-                 "status": "cut" if r.stopped else ("ok" if r.proc.returncode == 0 else "failed"),
-                 "note": r.failure() or ""} for env_id, r in zip(envs, runs)]
+        each = [
+            {
+                "env_id": env_id,
+                "seconds": round(ends.get(r.name, time.monotonic()) - r.start, 1),
+                "status": "cut" if r.stopped else ("ok" if r.proc.returncode == 0 else "failed"),
+                "note": r.failure() or "",
+            }
+            for env_id, r in zip(envs, runs)
+        ]
         status = "ok" if all(e["status"] == "ok" for e in each) else ("cut" if not ended else "failed")
-        self.results["warmup"] = {"status": status, "mode": mode, "wall_s": round(time.monotonic() - clock.began, 1),
-                                  "budget_s": size["cap"], "runs": each, "note": note,
-                                  "cache": self.env.get("TORCHINDUCTOR_CACHE_DIR", "")}
+        self.results["warmup"] = {
+            "status": status,
+            "mode": mode,
+            "wall_s": round(time.monotonic() - clock.began, 1),
+            "budget_s": size["cap"],
+            "runs": each,
+            "note": note,
+            "cache": self.env.get("TORCHINDUCTOR_CACHE_DIR", ""),
+        }
         self.write()
 
     # ----- parts -----
@@ -615,8 +844,17 @@ class Check:
         clock.burn_in()  # nothing to leave out: its time starts now
         junit = self.work / "junit.xml"
         junit.unlink(missing_ok=True)
-        cmd = [sys.executable, "-m", "pytest", "-v", "-rA", "-p", "no:cacheprovider", f"--junitxml={junit}",
-               *self.pytest_args(size)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-v",
+            "-rA",
+            "-p",
+            "no:cacheprovider",
+            f"--junitxml={junit}",
+            *self.pytest_args(size),
+        ]
         fixed = {"command": subprocess.list2cmdline(cmd)}
         run = Run("tests", cmd, self.child_env(), self.log, ROOT)
         shown = [0]
@@ -639,18 +877,26 @@ class Check:
             status = "ok"
         else:
             status = "failed"
-        note = "" if code in (0, None) else f"pytest exit status {code}" + (
-            " (no test matched)" if code == 5 else "") + "\n" + "\n".join(list(run.tail)[-5:])
+        note = (
+            ""
+            if code in (0, None)
+            else f"pytest exit status {code}"
+            + (" (no test matched)" if code == 5 else "")
+            + "\n"
+            + "\n".join(list(run.tail)[-5:])
+        )
         if not ended:
             note = "cut at the part's budget (pytest stopped with SIGINT): the tests that had finished are listed\n" + note
         return {**fixed, "status": status, "counts": count_cases(cases), "cases": cases, "note": note.strip()}
 
     def part_speed(self, size: dict, clock: Clock) -> dict:
         rows, status, notes = [], "ok", []
-        fixed = {"command": f"python benchmark/speed.py --env-id ENV --modes MODE --iters {size['iters']} "
-                            f"--warmup {size['warmup']} {'--parts' if size['parts'] else '--no-parts'} "
-                            f"--learning-starts {size['learning_starts']} --burn-in {size['burn_in']} "
-                            f"--sps-steps {size['sps_steps']} " + " ".join(self.device_flags + size["extra"])}
+        fixed = {
+            "command": f"python benchmark/speed.py --env-id ENV --modes MODE --iters {size['iters']} "
+            f"--warmup {size['warmup']} {'--parts' if size['parts'] else '--no-parts'} "
+            f"--learning-starts {size['learning_starts']} --burn-in {size['burn_in']} "
+            f"--sps-steps {size['sps_steps']} " + " ".join(self.device_flags + size["extra"])
+        }
         for env_id, mode, with_sps in self.speed_runs(size):
             if clock.expired():
                 status = worse(status, "cut")
@@ -658,10 +904,29 @@ class Check:
                 continue
             out = self.work / f"speed_{env_id}_{mode}.json"
             out.unlink(missing_ok=True)
-            cmd = [sys.executable, self.script("benchmark/speed.py"), "--env-id", env_id, "--modes", mode,
-                   "--iters", size["iters"], "--warmup", size["warmup"], "--parts" if size["parts"] else "--no-parts",
-                   "--sps-steps", size["sps_steps"] if with_sps else 0, "--burn-in", size["burn_in"],
-                   "--learning-starts", size["learning_starts"], "--json-output", out, *self.device_flags, *size["extra"]]
+            cmd = [
+                sys.executable,
+                self.script("benchmark/speed.py"),
+                "--env-id",
+                env_id,
+                "--modes",
+                mode,
+                "--iters",
+                size["iters"],
+                "--warmup",
+                size["warmup"],
+                "--parts" if size["parts"] else "--no-parts",
+                "--sps-steps",
+                size["sps_steps"] if with_sps else 0,
+                "--burn-in",
+                size["burn_in"],
+                "--learning-starts",
+                size["learning_starts"],
+                "--json-output",
+                out,
+                *self.device_flags,
+                *size["extra"],
+            ]
             self.say(f"speed: {env_id} {mode}")
             run = Run(f"speed {env_id} {mode}", cmd, self.child_env(), self.log, self.rundir("speed"))
             seen = [None]
@@ -704,24 +969,62 @@ class Check:
 
     def seeds_command(self, size: dict, seed, tag: str) -> list:
         total = size["learning_starts"] + size["burn_in"] + size["steps"]
-        return [sys.executable, self.script("fmer_continuous.py"), "--env-id", size["env"], "--seed", seed,
-                "--exp-name", f"gpu_check_{tag}", "--total-timesteps", total, "--buffer-size", total,
-                "--learning-starts", size["learning_starts"], "--eval-frequency", NEVER, "--eval-episodes", 1,
-                "--progress-seconds", 0, *MODES[self.run_mode], *self.device_flags, *size["extra"]]
+        return [
+            sys.executable,
+            self.script("fmer_continuous.py"),
+            "--env-id",
+            size["env"],
+            "--seed",
+            seed,
+            "--exp-name",
+            f"gpu_check_{tag}",
+            "--total-timesteps",
+            total,
+            "--buffer-size",
+            total,
+            "--learning-starts",
+            size["learning_starts"],
+            "--eval-frequency",
+            NEVER,
+            "--eval-episodes",
+            1,
+            "--progress-seconds",
+            0,
+            *MODES[self.run_mode],
+            *self.device_flags,
+            *size["extra"],
+        ]
 
     def side_by_side(self, n: int, size: dict, clock: Clock, tag: str, extra_env: dict | None = None) -> dict:
         """n fmer_continuous.py runs at once; SPS over a common window after every run's burn-in."""
         burn_step = size["learning_starts"] + size["burn_in"]
         # the caller's OMP_NUM_THREADS if set, else the cores shared out (more threads than free cores stall torch)
         threads = int(self.env.get("OMP_NUM_THREADS") or max(1, usable_cpus() // n))
-        runs = [Run(f"{tag} {n}x seed {seed}", self.seeds_command(size, seed, f"{tag}{n}"),
-                    self.child_env(threads, extra_env), self.log, self.rundir(f"{tag}{n}")) for seed in range(1, n + 1)]
-        level = {"processes": n, "threads_per_process": threads, "status": "ok", "note": "",
-                 "steps_budget": size["learning_starts"] + size["burn_in"] + size["steps"]}
+        runs = [
+            Run(
+                f"{tag} {n}x seed {seed}",
+                self.seeds_command(size, seed, f"{tag}{n}"),
+                self.child_env(threads, extra_env),
+                self.log,
+                self.rundir(f"{tag}{n}"),
+            )
+            for seed in range(1, n + 1)
+        ]
+        level = {
+            "processes": n,
+            "threads_per_process": threads,
+            "status": "ok",
+            "note": "",
+            "steps_budget": size["learning_starts"] + size["burn_in"] + size["steps"],
+        }
         try:
             startup_end = time.monotonic() + size["startup"]
-            self.wait_while(lambda: all(r.running() for r in runs) and min(r.step for r in runs) < burn_step
-                            and time.monotonic() < startup_end, clock)
+            self.wait_while(
+                lambda: (
+                    all(r.running() for r in runs) and min(r.step for r in runs) < burn_step and time.monotonic() < startup_end
+                ),
+                clock,
+            )
             failed = [f"seed {i + 1}: {r.failure()}" for i, r in enumerate(runs) if r.failure()]
             if failed:
                 level.update(status="failed", note="\n".join(failed))
@@ -735,7 +1038,8 @@ class Check:
 
             def window_open():  # until the window's length and at least 3 progress lines of every run in it
                 done = time.monotonic() - t0 >= size["window"] and all(
-                    sum(t >= t0 - r.start for t, _ in r.progress) >= 3 for r in runs)
+                    sum(t >= t0 - r.start for t, _ in r.progress) >= 3 for r in runs
+                )
                 return not done and all(r.running() for r in runs)
 
             def sample_gpu():  # once, halfway
@@ -752,9 +1056,13 @@ class Check:
             if any(rate is None for rate in rates):
                 level.update(status="cut", note="a run logged fewer than 2 progress lines in the window")
                 return level
-            level.update(window_s=round(t1 - t0, 1), per_run_sps=[round(x["sps"], 1) for x in rates],
-                         aggregate_sps=round(sum(x["sps"] for x in rates), 1),
-                         seconds_to_burn_in=[r.seconds_to(burn_step) for r in runs], gpu_during_window=gpu[0] if gpu else None)
+            level.update(
+                window_s=round(t1 - t0, 1),
+                per_run_sps=[round(x["sps"], 1) for x in rates],
+                aggregate_sps=round(sum(x["sps"] for x in rates), 1),
+                seconds_to_burn_in=[r.seconds_to(burn_step) for r in runs],
+                gpu_during_window=gpu[0] if gpu else None,
+            )
             if not whole:
                 level.update(status="cut", note="the part's budget ended the window early; its rates are kept")
             elif not all(r.running() for r in runs):
@@ -765,10 +1073,15 @@ class Check:
 
     def part_seeds(self, size: dict, clock: Clock, tag: str = "seeds", extra_env: dict | None = None) -> dict:
         levels, status = [], "ok"
-        fixed = {"env_id": size["env"], "mode": self.run_mode, "learning_starts": size["learning_starts"],
-                 "burn_in": size["burn_in"], "window": size["window"],
-                 "command": "python fmer_continuous.py " + subprocess.list2cmdline(
-                     [str(c) for c in self.seeds_command(size, "S", tag)[2:]])}
+        fixed = {
+            "env_id": size["env"],
+            "mode": self.run_mode,
+            "learning_starts": size["learning_starts"],
+            "burn_in": size["burn_in"],
+            "window": size["window"],
+            "command": "python fmer_continuous.py "
+            + subprocess.list2cmdline([str(c) for c in self.seeds_command(size, "S", tag)[2:]]),
+        }
         for n in size["counts"]:
             if clock.expired():
                 levels.append({"processes": n, "status": "cut", "note": "not run (budget spent)"})
@@ -806,9 +1119,15 @@ class Check:
         shown = [0]
 
         def summary():
-            return {**fixed, "mode": self.run_mode, "total": size["total"], "reached_step": run.reached,
-                    "evals": list(run.evals), "seconds_to_burn_in": run.seconds_to(burn_step),
-                    "sps_after_burn_in": run.rate(from_step=burn_step)}
+            return {
+                **fixed,
+                "mode": self.run_mode,
+                "total": size["total"],
+                "reached_step": run.reached,
+                "evals": list(run.evals),
+                "seconds_to_burn_in": run.seconds_to(burn_step),
+                "sps_after_burn_in": run.rate(from_step=burn_step),
+            }
 
         def tick():
             if run.step >= burn_step:
@@ -826,20 +1145,50 @@ class Check:
         return ended, {**summary(), "status": status}
 
     def part_learn(self, size: dict, clock: Clock) -> dict:
-        cmd = [sys.executable, self.script("fmer_continuous.py"), "--env-id", size["env"], "--seed", 1,
-               "--exp-name", "gpu_check_learn", "--total-timesteps", size["total"], "--learning-starts",
-               size["learning_starts"], "--eval-frequency", size["eval_every"], "--eval-episodes",
-               size["eval_episodes"], "--progress-seconds", 0, *MODES[self.run_mode], *self.device_flags,
-               *size["extra"]]
+        cmd = [
+            sys.executable,
+            self.script("fmer_continuous.py"),
+            "--env-id",
+            size["env"],
+            "--seed",
+            1,
+            "--exp-name",
+            "gpu_check_learn",
+            "--total-timesteps",
+            size["total"],
+            "--learning-starts",
+            size["learning_starts"],
+            "--eval-frequency",
+            size["eval_every"],
+            "--eval-episodes",
+            size["eval_episodes"],
+            "--progress-seconds",
+            0,
+            *MODES[self.run_mode],
+            *self.device_flags,
+            *size["extra"],
+        ]
         run = Run("learn", cmd, self.child_env(), self.log, self.rundir("learn"))
         fixed = {"env_id": size["env"], "command": "python fmer_continuous.py " + subprocess.list2cmdline(run.cmd[2:])}
         ended, report = self.follow(run, size, clock, "learn", fixed)
         return {**report, "note": run.failure() or ("" if ended else "cut at the part's budget; evaluations so far kept")}
 
     def part_multigoal(self, size: dict, clock: Clock) -> dict:
-        cmd = [sys.executable, self.script("fmer_multigoal.py"), "--seed", 1, "--total-timesteps", size["total"],
-               "--learning-starts", size["learning_starts"], "--progress-seconds", 0, *MODES[self.run_mode],
-               *self.device_flags, *size["extra"]]
+        cmd = [
+            sys.executable,
+            self.script("fmer_multigoal.py"),
+            "--seed",
+            1,
+            "--total-timesteps",
+            size["total"],
+            "--learning-starts",
+            size["learning_starts"],
+            "--progress-seconds",
+            0,
+            *MODES[self.run_mode],
+            *self.device_flags,
+            *size["extra"],
+        ]
         run = Run("multigoal", cmd, self.child_env(), self.log, self.rundir("multigoal"))
         fixed = {"command": "python fmer_multigoal.py " + subprocess.list2cmdline(run.cmd[2:])}
         ended, report = self.follow(run, size, clock, "multigoal", fixed)
@@ -848,11 +1197,31 @@ class Check:
     def part_kitchen(self, size: dict, clock: Clock) -> dict:
         """fmer_kitchen.py on the light switch (N = 1) for as many steps as the budget allows."""
         total = size["total"]
-        cmd = [sys.executable, self.script("fmer_kitchen.py"), "--num-tasks", 1, "--seed", 1, "--exp-name",
-               "gpu_check_kitchen", "--total-timesteps", total, "--buffer-size", total, "--learning-starts",
-               size["learning_starts"], "--eval-frequency", size["eval_every"], "--eval-episodes",
-               size["eval_episodes"], "--progress-seconds", 0, *MODES[self.run_mode], *self.device_flags,
-               *size["extra"]]
+        cmd = [
+            sys.executable,
+            self.script("fmer_kitchen.py"),
+            "--num-tasks",
+            1,
+            "--seed",
+            1,
+            "--exp-name",
+            "gpu_check_kitchen",
+            "--total-timesteps",
+            total,
+            "--buffer-size",
+            total,
+            "--learning-starts",
+            size["learning_starts"],
+            "--eval-frequency",
+            size["eval_every"],
+            "--eval-episodes",
+            size["eval_episodes"],
+            "--progress-seconds",
+            0,
+            *MODES[self.run_mode],
+            *self.device_flags,
+            *size["extra"],
+        ]
         folder = self.rundir("kitchen")
         run = Run("kitchen", cmd, self.child_env(), self.log, folder)
         fixed = {"task": "light switch", "command": "python fmer_kitchen.py " + subprocess.list2cmdline(run.cmd[2:])}
@@ -883,15 +1252,20 @@ class Check:
         size = self.sizes[part]
         self.part_started = time.monotonic()
         if self.part_started >= self.hard:
-            self.results["parts"][part] = {"status": "cut", "wall_s": 0.0, **self.budget_of(part),
-                                           "note": f"not run: the check's total of {self.sizes['total']:.0f} s was spent"}
+            self.results["parts"][part] = {
+                "status": "cut",
+                "wall_s": 0.0,
+                **self.budget_of(part),
+                "note": f"not run: the check's total of {self.sizes['total']:.0f} s was spent",
+            }
             self.say(f"part {part}: not run, the check's time is spent")
             self.write()
             return
         clock = self.make_clock(size)
         startup = size.get("startup", 0)
-        self.say(f"part {part}: budget " + (f"{startup:.0f} s to its burn-in, then " if startup else "")
-                 + f"{size['cap']:.0f} s")
+        self.say(
+            f"part {part}: budget " + (f"{startup:.0f} s to its burn-in, then " if startup else "") + f"{size['cap']:.0f} s"
+        )
         self.update(part, {})
         result = None
         try:
@@ -900,8 +1274,11 @@ class Check:
             result = {"status": "failed", "note": "gpu_check itself failed:\n" + traceback.format_exc()}
         finally:
             if result is None:  # stopped from outside (Ctrl-C, SIGTERM): what it had measured, marked so
-                result = {**self.results["parts"][part], "status": "interrupted",
-                          "note": "the check was stopped during this part"}
+                result = {
+                    **self.results["parts"][part],
+                    "status": "interrupted",
+                    "note": "the check was stopped during this part",
+                }
             result.update(wall_s=round(time.monotonic() - self.part_started, 1), **self.budget_of(part))
             self.results["parts"][part] = result
             self.say(f"part {part}: {result['status']} after {result['wall_s']} s")
@@ -926,9 +1303,14 @@ def junit_cases(junit: Path) -> list[dict]:
         for child in case:
             if child.tag in ("failure", "error", "skipped"):
                 outcome, message = {"failure": "failed"}.get(child.tag, child.tag), child.get("message", "")
-        cases.append({"test": f"{case.get('classname', '')}::{case.get('name', '')}", "outcome": outcome,
-                      "seconds": float(case.get("time") or 0), "message": message.splitlines()[0][:200]
-                      if message else ""})
+        cases.append(
+            {
+                "test": f"{case.get('classname', '')}::{case.get('name', '')}",
+                "outcome": outcome,
+                "seconds": float(case.get("time") or 0),
+                "message": message.splitlines()[0][:200] if message else "",
+            }
+        )
     return cases
 
 
@@ -943,8 +1325,12 @@ def gpu_utilization() -> dict | None:
     if shutil.which("nvidia-smi") is None:
         return None
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu,memory.used,memory.total",
-                              "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=20).stdout
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=utilization.gpu,memory.used,memory.total", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        ).stdout
         util, used, total = [float(x) for x in out.splitlines()[0].split(",")]
         return {"utilization_pct": util, "memory_used_mib": used, "memory_total_mib": total}
     except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
@@ -975,15 +1361,20 @@ print(json.dumps(out))
 
 
 def probe(env: dict, modules: list[str]) -> dict:
-    proc = subprocess.run([sys.executable, "-c", PROBE, "torch", *modules], env=env, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE, "torch", *modules], env=env, capture_output=True, text=True, timeout=300
+    )
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
         raise CheckError(f"cannot inspect this Python ({sys.executable}): {last}")
     info = json.loads(proc.stdout.strip().splitlines()[-1])
     if shutil.which("nvidia-smi"):
-        smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm",
-                              "--format=csv,noheader"], capture_output=True, text=True, timeout=30)
+        smi = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         info["nvidia_smi"] = smi.stdout.strip() or smi.stderr.strip()
     return info
 
@@ -1011,8 +1402,21 @@ def install_wheelhouse(wheelhouse: Path, site: Path, env: dict, log: Log) -> lis
     report = site.parent / "pip-install-report.json"
     pip_env = {**env, **hermetic_pip_env()}
     # 1. What is missing: pip resolves against the packages this Python already has.
-    plan = [sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--no-index", "--find-links",
-            str(wheelhouse), "--report", str(report), "-r", str(requirements)]
+    plan = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--dry-run",
+        "--quiet",
+        "--no-index",
+        "--find-links",
+        str(wheelhouse),
+        "--report",
+        str(report),
+        "-r",
+        str(requirements),
+    ]
     proc = subprocess.run(plan, env=pip_env, capture_output=True, text=True, timeout=600)
     log.write(f"[wheelhouse] $ {subprocess.list2cmdline(plan)}\n{proc.stdout}{proc.stderr}")
     if proc.returncode != 0:
@@ -1023,8 +1427,20 @@ def install_wheelhouse(wheelhouse: Path, site: Path, env: dict, log: Log) -> lis
         return []
     wheels = [urllib.parse.unquote(urllib.parse.urlparse(item["download_info"]["url"]).path) for item in items]
     # 2. Exactly those wheels, into a folder of their own that only the parts see (PYTHONPATH).
-    install = [sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps", "--no-compile",
-               "--upgrade", "--target", str(site), *wheels]
+    install = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--no-index",
+        "--no-deps",
+        "--no-compile",
+        "--upgrade",
+        "--target",
+        str(site),
+        *wheels,
+    ]
     proc = subprocess.run(install, env=pip_env, capture_output=True, text=True, timeout=600)
     log.write(f"[wheelhouse] $ {subprocess.list2cmdline(install)}\n{proc.stdout}{proc.stderr}")
     if proc.returncode != 0:
@@ -1035,6 +1451,7 @@ def install_wheelhouse(wheelhouse: Path, site: Path, env: dict, log: Log) -> lis
 
 # ----- the report -----
 
+
 def fmt(x, digits=1):
     return "—" if x is None else f"{x:,.{digits}f}"
 
@@ -1044,31 +1461,48 @@ def render(results: dict) -> str:
     dry = results.get("profile") == "dry"
     lines = [f"# FMER GPU check, {results.get('started', '')[:10]}", ""]
     if dry:
-        lines += ["**No GPU was measured.** This is the CPU dry mode: every part ran at tiny sizes on the CPU to check "
-                  "the harness. Its numbers say nothing about GPU speed; the CUDA-only tests were skipped.", ""]
-    gpu = f"{m.get('gpu')} ({m.get('gpu_count')} visible, compute capability {m.get('capability')}, " \
-          f"{m.get('gpu_memory_gib')} GiB)" if m.get("cuda") else "none visible to torch"
+        lines += [
+            "**No GPU was measured.** This is the CPU dry mode: every part ran at tiny sizes on the CPU to check "
+            "the harness. Its numbers say nothing about GPU speed; the CUDA-only tests were skipped.",
+            "",
+        ]
+    gpu = (
+        f"{m.get('gpu')} ({m.get('gpu_count')} visible, compute capability {m.get('capability')}, "
+        f"{m.get('gpu_memory_gib')} GiB)"
+        if m.get("cuda")
+        else "none visible to torch"
+    )
     compiler = results.get("compiler")
     warm = results.get("warmup")
-    lines += [f"- command: `{results.get('command', '')}`",
-              f"- profile: {results.get('profile')}; parts: {', '.join(results.get('parts_asked', []))}; "
-              f"fast mode of the runs: {results.get('run_mode')}"
-              + (f"; the check's deadline: {results['total_s']:.0f} s" if results.get("total_s") else ""),
-              f"- GPU: {gpu}" + (f"; nvidia-smi: {m['nvidia_smi']}" if m.get("nvidia_smi") else ""),
-              f"- host: {results.get('host')}, {m.get('cpus')} CPUs usable by the check (of {m.get('cpus_machine')}); "
-              f"Python {m.get('python')} ({m.get('executable')})",
-              f"- torch {m.get('torch')} (CUDA {m.get('torch_cuda')}); "
-              + ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items() if k != "torch"),
-              f"- wheelhouse: {results.get('wheelhouse')}"]
+    lines += [
+        f"- command: `{results.get('command', '')}`",
+        f"- profile: {results.get('profile')}; parts: {', '.join(results.get('parts_asked', []))}; "
+        f"fast mode of the runs: {results.get('run_mode')}"
+        + (f"; the check's deadline: {results['total_s']:.0f} s" if results.get("total_s") else ""),
+        f"- GPU: {gpu}" + (f"; nvidia-smi: {m['nvidia_smi']}" if m.get("nvidia_smi") else ""),
+        f"- host: {results.get('host')}, {m.get('cpus')} CPUs usable by the check (of {m.get('cpus_machine')}); "
+        f"Python {m.get('python')} ({m.get('executable')})",
+        f"- torch {m.get('torch')} (CUDA {m.get('torch_cuda')}); "
+        + ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items() if k != "torch"),
+        f"- wheelhouse: {results.get('wheelhouse')}",
+    ]
     if compiler:
-        lines.append(f"- torch.compile on {compiler['device']}: " + (
-            "works" if compiler["works"] else f"**does not work** ({compiler['note']}); only the modes that need no "
-            "compiler were run (eager, cudagraphs)"))
+        lines.append(
+            f"- torch.compile on {compiler['device']}: "
+            + (
+                "works"
+                if compiler["works"]
+                else f"**does not work** ({compiler['note']}); only the modes that need no "
+                "compiler were run (eager, cudagraphs)"
+            )
+        )
     if warm:
         each = ", ".join(f"{w['env_id']} {w['status']} in {w['seconds']} s" for w in warm.get("runs", []))
-        lines.append(f"- warm-up ({warm.get('mode', '')}, untimed, into the parts' compile cache): {warm['status']}"
-                     + (f" after {warm['wall_s']} s of {warm['budget_s']}: {each}" if "wall_s" in warm else "")
-                     + (f"; {warm['note']}" if warm.get("note") else ""))
+        lines.append(
+            f"- warm-up ({warm.get('mode', '')}, untimed, into the parts' compile cache): {warm['status']}"
+            + (f" after {warm['wall_s']} s of {warm['budget_s']}: {each}" if "wall_s" in warm else "")
+            + (f"; {warm['note']}" if warm.get("note") else "")
+        )
         lines += [f"  - {w['env_id']}: {w['note'].splitlines()[0]}" for w in warm.get("runs", []) if w.get("note")]
     lines += [f"- started {results.get('started')}, last written {results.get('finished', '')}", ""]
     for error in results.get("errors", []):
@@ -1101,22 +1535,35 @@ def running(r: dict) -> list[str]:
 
 def render_tests(r):
     c = r.get("counts", {})
-    out = ["## tests", "", f"`{r.get('command', '')}` (repository root): {c.get('passed', 0)} passed, "
-           f"{c.get('failed', 0)} failed, {c.get('error', 0)} errors, {c.get('skipped', 0)} skipped", ""]
+    out = [
+        "## tests",
+        "",
+        f"`{r.get('command', '')}` (repository root): {c.get('passed', 0)} passed, "
+        f"{c.get('failed', 0)} failed, {c.get('error', 0)} errors, {c.get('skipped', 0)} skipped",
+        "",
+    ]
     if r.get("cases"):
         out += ["| test | outcome | s | message |", "| --- | --- | ---: | --- |"]
-        out += [f"| {c['test']} | {c['outcome']} | {fmt(c['seconds'])} | {c['message'].replace('|', '/')} |"
-                for c in r["cases"]]
+        out += [
+            f"| {c['test']} | {c['outcome']} | {fmt(c['seconds'])} | {c['message'].replace('|', '/')} |" for c in r["cases"]
+        ]
     return out + running(r) + note_lines(r)
 
 
 def render_speed(r):
-    out = ["## speed", "", f"`{r.get('command', '')}`, one process per (env, mode). update: one critic plus one "
-           "actor update, median of --iters after --warmup calls (compilation and capture left out); x floor: "
-           "update time over the FLOP floor; SPS: a real training run, over the steps after its burn-in.", ""]
+    out = [
+        "## speed",
+        "",
+        f"`{r.get('command', '')}`, one process per (env, mode). update: one critic plus one "
+        "actor update, median of --iters after --warmup calls (compilation and capture left out); x floor: "
+        "update time over the FLOP floor; SPS: a real training run, over the steps after its burn-in.",
+        "",
+    ]
     if r.get("rows"):
-        out += ["| env | mode | update (ms) | updates/s | x FLOP floor | FLOP floor (ms) | SPS | SPS window (steps) |",
-                "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+        out += [
+            "| env | mode | update (ms) | updates/s | x FLOP floor | FLOP floor (ms) | SPS | SPS window (steps) |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
+        ]
         for row in r["rows"]:
             meta = row["meta"]
             window = meta.get("sps_window_steps")
@@ -1124,37 +1571,54 @@ def render_speed(r):
                 window = "-".join(map(str, window))
             else:
                 window = row.get("sps_note") or ("running" if "sps" not in row else "not run")
-            out.append(f"| {row['env_id']} | {row['mode']} | {row['update'] * 1e3:.2f} | {1 / row['update']:.1f} | "
-                       f"{row['floor_ratio']:.2f} | {meta['floor_s'] * 1e3:.2f} | {fmt(row.get('sps'))} | {window} |")
+            out.append(
+                f"| {row['env_id']} | {row['mode']} | {row['update'] * 1e3:.2f} | {1 / row['update']:.1f} | "
+                f"{row['floor_ratio']:.2f} | {meta['floor_s'] * 1e3:.2f} | {fmt(row.get('sps'))} | {window} |"
+            )
         if any("parts" in row for row in r["rows"]):
             names = ["sampler", "scoring", "critic", "wcfm", "divergence"]
-            out += ["", "| env | mode | " + " | ".join(f"{n} (ms)" for n in names) + " |",
-                    "| --- | --- | " + " | ".join("---:" for _ in names) + " |"]
-            out += [f"| {row['env_id']} | {row['mode']} | " + " | ".join(f"{row['parts'][n] * 1e3:.2f}" for n in names)
-                    + " |" for row in r["rows"] if "parts" in row]
+            out += [
+                "",
+                "| env | mode | " + " | ".join(f"{n} (ms)" for n in names) + " |",
+                "| --- | --- | " + " | ".join("---:" for _ in names) + " |",
+            ]
+            out += [
+                f"| {row['env_id']} | {row['mode']} | " + " | ".join(f"{row['parts'][n] * 1e3:.2f}" for n in names) + " |"
+                for row in r["rows"]
+                if "parts" in row
+            ]
         meta = r["rows"][0]["meta"]
-        out += ["", f"Shapes: B={meta['B']}, K={meta['K']}, N={meta['N']}, hidden={meta['hidden']}; device: "
-                f"{meta['device']}."]
+        out += ["", f"Shapes: B={meta['B']}, K={meta['K']}, N={meta['N']}, hidden={meta['hidden']}; device: {meta['device']}."]
     return out + running(r) + note_lines(r)
 
 
 def render_levels(r, title):
-    out = [f"## {title}", "", f"`{r.get('command', '')}` for seeds 1..n at once, each in a process of its own on "
-           f"the one device. SPS per run: its env steps over a common window of at least {r.get('window')} s and 3 "
-           f"progress lines of every run, that starts once every run has passed step "
-           f"{r.get('learning_starts', 0) + r.get('burn_in', 0)} (so compilation and graph capture are left out); "
-           "aggregate: their sum. Each run has a step budget, and a replay buffer of as many rows.", ""]
+    out = [
+        f"## {title}",
+        "",
+        f"`{r.get('command', '')}` for seeds 1..n at once, each in a process of its own on "
+        f"the one device. SPS per run: its env steps over a common window of at least {r.get('window')} s and 3 "
+        f"progress lines of every run, that starts once every run has passed step "
+        f"{r.get('learning_starts', 0) + r.get('burn_in', 0)} (so compilation and graph capture are left out); "
+        "aggregate: their sum. Each run has a step budget, and a replay buffer of as many rows.",
+        "",
+    ]
     if r.get("levels"):
-        out += ["| processes | torch threads each | status | aggregate SPS | per-run SPS | start to burn-in end (s) | "
-                "GPU load, memory | window (s) |", "| ---: | ---: | --- | ---: | --- | --- | --- | ---: |"]
+        out += [
+            "| processes | torch threads each | status | aggregate SPS | per-run SPS | start to burn-in end (s) | "
+            "GPU load, memory | window (s) |",
+            "| ---: | ---: | --- | ---: | --- | --- | --- | ---: |",
+        ]
         for lv in r["levels"]:
             g = lv.get("gpu_during_window")
             gtext = f"{g['utilization_pct']:.0f}%, {g['memory_used_mib']:.0f} MiB" if g else "—"
-            out.append(f"| {lv['processes']} | {lv.get('threads_per_process', '—')} | {lv['status']} | "
-                       f"{fmt(lv.get('aggregate_sps'))} | "
-                       f"{', '.join(fmt(x) for x in lv.get('per_run_sps', [])) or '—'} | "
-                       f"{', '.join(fmt(x) for x in lv.get('seconds_to_burn_in', [])) or '—'} | {gtext} | "
-                       f"{fmt(lv.get('window_s'))} |")
+            out.append(
+                f"| {lv['processes']} | {lv.get('threads_per_process', '—')} | {lv['status']} | "
+                f"{fmt(lv.get('aggregate_sps'))} | "
+                f"{', '.join(fmt(x) for x in lv.get('per_run_sps', [])) or '—'} | "
+                f"{', '.join(fmt(x) for x in lv.get('seconds_to_burn_in', [])) or '—'} | {gtext} | "
+                f"{fmt(lv.get('window_s'))} |"
+            )
         for lv in r["levels"]:
             if lv.get("note"):
                 out += ["", f"{lv['processes']} processes: {lv['status']}", "```", *lv["note"].splitlines(), "```"]
@@ -1165,44 +1629,71 @@ def sps_lines(r) -> list[str]:
     sps = r.get("sps_after_burn_in")
     if not sps:
         return []
-    return [f"Steps per second from step {sps['from_step']} to {sps['to_step']}: {sps['sps']:.1f} (evaluations "
-            f"included); from the start to the end of the burn-in (startup, random steps, compilation, "
-            f"capture): {fmt(r.get('seconds_to_burn_in'))} s.", ""]
+    return [
+        f"Steps per second from step {sps['from_step']} to {sps['to_step']}: {sps['sps']:.1f} (evaluations "
+        f"included); from the start to the end of the burn-in (startup, random steps, compilation, "
+        f"capture): {fmt(r.get('seconds_to_burn_in'))} s.",
+        "",
+    ]
 
 
 def render_evals(r, title, what):
-    out = [f"## {title}", "", f"`{r.get('command', '')}`: reached step {r.get('reached_step')} of {r.get('total')} "
-           f"in {fmt(r.get('wall_s'))} s." + (f" {what}" if r.get("evals") else ""), ""]
+    out = [
+        f"## {title}",
+        "",
+        f"`{r.get('command', '')}`: reached step {r.get('reached_step')} of {r.get('total')} "
+        f"in {fmt(r.get('wall_s'))} s." + (f" {what}" if r.get("evals") else ""),
+        "",
+    ]
     out += sps_lines(r)
     if r.get("evals"):
         goals = any("goals_reached" in e for e in r["evals"])
-        out += ["| step | eval return | +- | s since start |" + (" goals reached |" if goals else ""),
-                "| ---: | ---: | ---: | ---: |" + (" ---: |" if goals else "")]
-        out += [f"| {e['step']} | {e['return']:.1f} | {e['std']:.1f} | {e['seconds']} |"
-                + (f" {e.get('goals_reached', '—')} |" if goals else "") for e in r["evals"]]
+        out += [
+            "| step | eval return | +- | s since start |" + (" goals reached |" if goals else ""),
+            "| ---: | ---: | ---: | ---: |" + (" ---: |" if goals else ""),
+        ]
+        out += [
+            f"| {e['step']} | {e['return']:.1f} | {e['std']:.1f} | {e['seconds']} |"
+            + (f" {e.get('goals_reached', '—')} |" if goals else "")
+            for e in r["evals"]
+        ]
     return out + running(r) + note_lines(r)
 
 
 def render_kitchen(r):
     task = r.get("task", "light switch")
     stopped = "stopped at its budget" in (r.get("note") or "")
-    out = ["## kitchen", "", f"`{r.get('command', '')}`: reached step {r.get('reached_step')} of {r.get('total')} "
-           f"in {fmt(r.get('wall_s'))} s" + (", as far as its budget allowed." if stopped else "."), ""]
+    out = [
+        "## kitchen",
+        "",
+        f"`{r.get('command', '')}`: reached step {r.get('reached_step')} of {r.get('total')} "
+        f"in {fmt(r.get('wall_s'))} s" + (", as far as its budget allowed." if stopped else "."),
+        "",
+    ]
     out += sps_lines(r)
     training = r.get("training")
     if training and "episodes" in training:
         first = training["first_step"]
-        out += [f"Training episodes (tensorboard `charts/tasks_completed`): {training['episodes']} ended, the {task} "
-                f"completed in {training['completed']}; " + (
-                    f"first at step {first} (a one-task episode ends on the step its task is done)." if first else
-                    "no step has completed it yet."), ""]
+        out += [
+            f"Training episodes (tensorboard `charts/tasks_completed`): {training['episodes']} ended, the {task} "
+            f"completed in {training['completed']}; "
+            + (
+                f"first at step {first} (a one-task episode ends on the step its task is done)."
+                if first
+                else "no step has completed it yet."
+            ),
+            "",
+        ]
     elif training:
         out += [f"Training episodes: {training['note']}", ""]
     evals = r.get("evals", [])
     if evals:
         out += [f"| step | eval completion % | {task} | s since start |", "| ---: | ---: | ---: | ---: |"]
-        out += [f"| {e['step']} | {e['completion_pct']:.1f} | {'/'.join(map(str, e['successes'].get(task, ['—'])))} | "
-                f"{e['seconds']} |" for e in evals]
+        out += [
+            f"| {e['step']} | {e['completion_pct']:.1f} | {'/'.join(map(str, e['successes'].get(task, ['—'])))} | "
+            f"{e['seconds']} |"
+            for e in evals
+        ]
         first = r.get("first_eval_with_completion")
         out += ["", f"First evaluation with a completion: {f'step {first}' if first else 'none'}."]
     return out + running(r) + note_lines(r)
@@ -1222,19 +1713,30 @@ RENDER = {
 def parse_args(argv):
     p = OneLineParser(description=__doc__.split("\n\n")[0], add_help=True)
     p.add_argument("out_dir", help="where report.md, results.json and log.txt go (created if missing)")
-    p.add_argument("--parts", default=",".join(DEFAULT_PARTS),
-                   help=f"comma-separated parts, or all ({', '.join(PARTS)}); default {','.join(DEFAULT_PARTS)}")
+    p.add_argument(
+        "--parts",
+        default=",".join(DEFAULT_PARTS),
+        help=f"comma-separated parts, or all ({', '.join(PARTS)}); default {','.join(DEFAULT_PARTS)}",
+    )
     p.add_argument("--full", action="store_true", help="the full sizes (each part up to 10 min on one H100)")
     p.add_argument("--dry", action="store_true", help="CPU dry mode: tiny sizes, no GPU measured")
     p.add_argument("--wheelhouse", help="install the packages this Python lacks from this folder (pip --no-index)")
     p.add_argument("--work-dir", help="scratch folder for the runs (default: a temporary folder, removed after)")
     p.add_argument("--keep-work", action="store_true", help="keep the scratch folder (tensorboard runs, site)")
-    p.add_argument("--budget", action="append", default=[], metavar="PART=SECONDS",
-                   help="override a part's budget (seconds after its burn-in), or warmup= or total= (the whole check)")
+    p.add_argument(
+        "--budget",
+        action="append",
+        default=[],
+        metavar="PART=SECONDS",
+        help="override a part's budget (seconds after its burn-in), or warmup= or total= (the whole check)",
+    )
     p.add_argument("--seed-counts", help="processes side by side in the seeds part, e.g. 1,2,4,8")
     p.add_argument("--learn-steps", type=int, help="total env steps of the learning run")
-    p.add_argument("--run-mode", choices=list(MODES), help="mode of the seeds, learn, multigoal, mps and kitchen runs "
-                   "(default: compile+cudagraphs; eager in the dry mode)")
+    p.add_argument(
+        "--run-mode",
+        choices=list(MODES),
+        help="mode of the seeds, learn, multigoal, mps and kitchen runs (default: compile+cudagraphs; eager in the dry mode)",
+    )
     args = p.parse_args(argv)
     parts = PARTS if args.parts.strip() == "all" else tuple(x.strip() for x in args.parts.split(",") if x.strip())
     unknown = [x for x in parts if x not in PARTS]
@@ -1293,19 +1795,34 @@ def main(argv=None) -> int:
             raise CheckError(f"torch is not installed for {sys.executable}: the check uses the PyTorch the machine has")
         missing = [modules[m] for m in machine["missing"] if m in modules]
         if missing:
-            raise CheckError(f"missing Python packages: {', '.join(missing)}; install them, or give --wheelhouse DIR "
-                             "(benchmark/make_wheelhouse.py writes one)")
+            raise CheckError(
+                f"missing Python packages: {', '.join(missing)}; install them, or give --wheelhouse DIR "
+                "(benchmark/make_wheelhouse.py writes one)"
+            )
         if not args.dry and not machine["cuda"]:
-            raise CheckError(f"torch {machine['torch']} sees no CUDA GPU here (torch.cuda.is_available() is False); "
-                             "--dry runs the CPU dry mode, which measures no GPU")
+            raise CheckError(
+                f"torch {machine['torch']} sees no CUDA GPU here (torch.cuda.is_available() is False); "
+                "--dry runs the CPU dry mode, which measures no GPU"
+            )
         profile = "dry" if args.dry else ("full" if args.full else "quick")
         check = Check(args, profile, out, work, env, machine, log, began)
         check.results.update(
-            command="python benchmark/gpu_check.py " + subprocess.list2cmdline(argv), profile=profile,
-            parts_asked=list(args.parts), run_mode=check.run_mode, machine=machine, started=started,
-            host=f"{platform.node()} ({platform.machine()})", gpu_measured=not args.dry, wheelhouse_installed=installed,
-            wheelhouse=(f"{args.wheelhouse}: installed " + (", ".join(installed) or "nothing (nothing was missing)")
-                        if args.wheelhouse else "not used"), total_s=check.sizes["total"])
+            command="python benchmark/gpu_check.py " + subprocess.list2cmdline(argv),
+            profile=profile,
+            parts_asked=list(args.parts),
+            run_mode=check.run_mode,
+            machine=machine,
+            started=started,
+            host=f"{platform.node()} ({platform.machine()})",
+            gpu_measured=not args.dry,
+            wheelhouse_installed=installed,
+            wheelhouse=(
+                f"{args.wheelhouse}: installed " + (", ".join(installed) or "nothing (nothing was missing)")
+                if args.wheelhouse
+                else "not used"
+            ),
+            total_s=check.sizes["total"],
+        )
         check.write()  # at once: a check killed in its first part still leaves its machine and command
         if args.dry:
             check.say("CPU dry mode: no GPU will be measured")
@@ -1326,9 +1843,13 @@ def main(argv=None) -> int:
     print(report)
     statuses = {part: r["status"] for part, r in check.results["parts"].items()}
     bad = [p for p, s in statuses.items() if s in ("failed", "cut", "interrupted")]
-    print(f"\ngpu_check: {sum(s == 'ok' for s in statuses.values())} ok, {len(bad)} failed or cut"
-          + (f" ({', '.join(bad)})" if bad else "") + f", {sum(s == 'skipped' for s in statuses.values())} skipped"
-          + ("; NO GPU WAS MEASURED (dry mode)" if args.dry else "") + f"; report: {out / 'report.md'}")
+    print(
+        f"\ngpu_check: {sum(s == 'ok' for s in statuses.values())} ok, {len(bad)} failed or cut"
+        + (f" ({', '.join(bad)})" if bad else "")
+        + f", {sum(s == 'skipped' for s in statuses.values())} skipped"
+        + ("; NO GPU WAS MEASURED (dry mode)" if args.dry else "")
+        + f"; report: {out / 'report.md'}"
+    )
     return 1 if bad else 0
 
 

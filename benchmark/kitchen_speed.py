@@ -5,6 +5,7 @@ one env step costs at the defaults), eager and with --compile.
 
     python benchmark/kitchen_speed.py --num-tasks 7
 """
+
 import math
 import sys
 import time
@@ -53,7 +54,7 @@ if __name__ == "__main__":
     action_space, observation_space = fk.check_env(tasks)
     obs_dim, act_dim = observation_space.shape[0], action_space.shape[0]
     d = fk.Args()  # the script's defaults: network width, K, N, batch size, gamma, tau
-    fk.check_args(d)  # fills in the default ESS target, K / 2
+    d.ess_target = fk.default_ess_target(d.num_candidates)  # K / 2
     actor, critic = fk.VelocityField(obs_dim, act_dim, d.hidden_dim), fk.TwinQ(obs_dim, act_dim, d.hidden_dim)
 
     def policy(obs):
@@ -68,16 +69,34 @@ if __name__ == "__main__":
     target_critic.load_state_dict(critic.state_dict())
     log_alpha, log_beta = (torch.tensor(math.log(0.5), requires_grad=True) for _ in range(2))
     optimizers = [torch.optim.Adam(p, lr=3e-4) for p in (actor.parameters(), critic.parameters(), [log_alpha], [log_beta])]
-    batch = (torch.randn(d.batch_size, obs_dim), torch.rand(d.batch_size, act_dim) * 2 - 1, torch.rand(d.batch_size),
-             torch.randn(d.batch_size, obs_dim), torch.zeros(d.batch_size))
+    batch = (
+        torch.randn(d.batch_size, obs_dim),
+        torch.rand(d.batch_size, act_dim) * 2 - 1,
+        torch.rand(d.batch_size),
+        torch.randn(d.batch_size, obs_dim),
+        torch.zeros(d.batch_size),
+    )
 
     def critic_step():
-        return fk.update_critic(batch, actor, critic, target_critic, optimizers[1], d.gamma, d.tau,
-                                d.num_candidates, d.ode_steps)
+        return fk.update_critic(
+            batch, actor, critic, target_critic, optimizers[1], d.gamma, d.tau, d.num_candidates, d.ode_steps
+        )
 
     def actor_step():
-        return fk.update_actor(batch[0], actor, critic, optimizers[0], log_alpha, optimizers[2], log_beta,
-                               optimizers[3], d.num_candidates, d.ode_steps, d.ess_target, torch.tensor(-float(act_dim)))
+        return fk.update_actor(
+            batch[0],
+            actor,
+            critic,
+            optimizers[0],
+            log_alpha,
+            optimizers[2],
+            log_beta,
+            optimizers[3],
+            d.num_candidates,
+            d.ode_steps,
+            d.ess_target,
+            torch.tensor(-float(act_dim)),
+        )
 
     for mode in args.modes:
         steps = [torch.compile(fn) if mode == "compile" else fn for fn in (critic_step, actor_step)]

@@ -17,6 +17,7 @@ small, --have FILE (the target's `python -m pip list --format=freeze`) and --omi
 wheels of packages the target already has; it must then have versions that fit.
 Writes WH/requirements.txt (what the wheels are for) and prints every wheel with its size.
 """
+
 import argparse
 import re
 import subprocess
@@ -75,8 +76,11 @@ def parse_args(argv):
     p = OneLineParser(description=__doc__.split("\n\n")[0])
     p.add_argument("dest", help="the wheelhouse folder to write (new or empty)")
     p.add_argument("requirements", nargs="*", help="requirements (default: see above)")
-    p.add_argument("--python-version", default=f"{sys.version_info.major}.{sys.version_info.minor}",
-                   help="the target's Python, e.g. 3.12 (default: this one's)")
+    p.add_argument(
+        "--python-version",
+        default=f"{sys.version_info.major}.{sys.version_info.minor}",
+        help="the target's Python, e.g. 3.12 (default: this one's)",
+    )
     p.add_argument("--arch", default="x86_64", choices=["x86_64", "aarch64"], help="the target's processor")
     p.add_argument("--glibc", default="2.28", help="the newest glibc the target has (default 2.28: RHEL 8 and later)")
     p.add_argument("--omit", default="", help="comma-separated packages the target already has: their wheels are left out")
@@ -107,9 +111,22 @@ def main(argv=None) -> int:
     requirements = args.requirements or default_requirements()
     tags = platform_tags(args.arch, args.glibc)
     dest.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--only-binary=:all:",
-           "--implementation", "cp", "--python-version", args.python_version, "--dest", str(dest),
-           *[f"--platform={tag}" for tag in tags], *requirements]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--disable-pip-version-check",
+        "--only-binary=:all:",
+        "--implementation",
+        "cp",
+        "--python-version",
+        args.python_version,
+        "--dest",
+        str(dest),
+        *[f"--platform={tag}" for tag in tags],
+        *requirements,
+    ]
     print("$ " + subprocess.list2cmdline(cmd), flush=True)
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -132,7 +149,8 @@ def main(argv=None) -> int:
     kept = [w for w in wheels if w not in omitted]
     (dest / "requirements.txt").write_text(
         f"# for CPython {args.python_version}, Linux {args.arch}, glibc <= {args.glibc}; "
-        f"written by benchmark/make_wheelhouse.py\n" + "\n".join(requirements) + "\n")
+        f"written by benchmark/make_wheelhouse.py\n" + "\n".join(requirements) + "\n"
+    )
     total = sum(w.stat().st_size for w in kept)
     for wheel in kept:
         print(f"{wheel.stat().st_size / 2**20:8.2f} MiB  {wheel.name}")

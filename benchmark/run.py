@@ -13,6 +13,7 @@ execute with the repository root as their working directory, so their tensorboar
 its runs/ folder, where benchmark/summarize.py reads them. The presets use the scripts' defaults,
 which are the paper's protocol: 1M steps, evaluation every 10k steps over 10 episodes.
 """
+
 import os
 import re
 import shlex
@@ -61,29 +62,62 @@ TABLE_13_K = (4, 16, 32)  # candidate counts besides the default 8
 TABLE_14_N = (5, 20, 50)  # Euler steps besides the default 10
 ABLATIONS: Plan = [
     ("ablations/fmer_no_entropy.py", HOPPER_WALKER, (), ()),  # Fig. 5: alpha = 0 from the start
-    ("ablations/fmer_no_entropy.py", HOPPER_WALKER, (),  # Fig. 5: alpha = 0 late
-     ("--entropy-off-step", str(ENTROPY_OFF_LATE), "--exp-name", f"fmer_no_entropy_off{ENTROPY_OFF_LATE // 1000}k")),
+    (
+        "ablations/fmer_no_entropy.py",
+        HOPPER_WALKER,
+        (),  # Fig. 5: alpha = 0 late
+        ("--entropy-off-step", str(ENTROPY_OFF_LATE), "--exp-name", f"fmer_no_entropy_off{ENTROPY_OFF_LATE // 1000}k"),
+    ),
     ("ablations/fmer_uniform_weights.py", HOPPER_WALKER, (), ()),  # Fig. 6
     ("ablations/fmer_clip.py", MUJOCO_ENVS, (), ()),  # App. D.1, Table 10
     ("ablations/fmer_exact_divergence.py", ("Walker2d-v5",), (), ()),  # App. D.2, Table 11
-    *[("ablations/fmer_fixed_beta.py", MUJOCO_ENVS, (), ("--beta", str(beta), "--exp-name", f"fmer_fixed_beta_{beta}"))
-      for beta in FIXED_BETAS],  # App. D.3, Table 12, MuJoCo half
-    *[("ablations/fmer_kitchen_fixed_beta.py", (), KITCHEN_TASKS,
-       ("--beta", str(beta), "--exp-name", f"fmer_kitchen_fixed_beta_{beta}")) for beta in FIXED_BETAS],  # ... Kitchen half
+    *[
+        ("ablations/fmer_fixed_beta.py", MUJOCO_ENVS, (), ("--beta", str(beta), "--exp-name", f"fmer_fixed_beta_{beta}"))
+        for beta in FIXED_BETAS
+    ],  # App. D.3, Table 12, MuJoCo half
+    *[
+        (
+            "ablations/fmer_kitchen_fixed_beta.py",
+            (),
+            KITCHEN_TASKS,
+            ("--beta", str(beta), "--exp-name", f"fmer_kitchen_fixed_beta_{beta}"),
+        )
+        for beta in FIXED_BETAS
+    ],  # ... Kitchen half
     ("ablations/fmer_top1.py", HOPPER_WALKER, (), ()),  # Fig. 2
     # App. D.5, Table 15: RK2 and RK4 at 10 steps, RK2 at 5, RK4 at 2 (Euler at 10 is the parent)
-    *[("ablations/fmer_ode_solver.py", ("Walker2d-v5",), (),
-       ("--solver", solver, "--ode-steps", str(steps),
-        "--exp-name", f"fmer_ode_solver_{solver}" + ("" if steps == 10 else f"_N{steps}")))
-      for solver, steps in (("midpoint", 10), ("rk4", 10), ("midpoint", 5), ("rk4", 2))],
+    *[
+        (
+            "ablations/fmer_ode_solver.py",
+            ("Walker2d-v5",),
+            (),
+            (
+                "--solver",
+                solver,
+                "--ode-steps",
+                str(steps),
+                "--exp-name",
+                f"fmer_ode_solver_{solver}" + ("" if steps == 10 else f"_N{steps}"),
+            ),
+        )
+        for solver, steps in (("midpoint", 10), ("rk4", 10), ("midpoint", 5), ("rk4", 2))
+    ],
     # App. D.4, Table 13: candidate count K on Walker2d, Humanoid and Kitchen N = 2, 7
-    *[("fmer_continuous.py", ("Walker2d-v5", "Humanoid-v5"), (), ("--num-candidates", str(k), "--exp-name",
-                                                                  f"fmer_continuous_K{k}")) for k in TABLE_13_K],
-    *[("fmer_kitchen.py", (), (2, 7), ("--num-candidates", str(k), "--exp-name", f"fmer_kitchen_K{k}"))
-      for k in TABLE_13_K],
+    *[
+        (
+            "fmer_continuous.py",
+            ("Walker2d-v5", "Humanoid-v5"),
+            (),
+            ("--num-candidates", str(k), "--exp-name", f"fmer_continuous_K{k}"),
+        )
+        for k in TABLE_13_K
+    ],
+    *[("fmer_kitchen.py", (), (2, 7), ("--num-candidates", str(k), "--exp-name", f"fmer_kitchen_K{k}")) for k in TABLE_13_K],
     # App. D.5, Table 14: Euler steps N on Walker2d
-    *[("fmer_continuous.py", ("Walker2d-v5",), (), ("--ode-steps", str(n), "--exp-name", f"fmer_continuous_N{n}"))
-      for n in TABLE_14_N],
+    *[
+        ("fmer_continuous.py", ("Walker2d-v5",), (), ("--ode-steps", str(n), "--exp-name", f"fmer_continuous_N{n}"))
+        for n in TABLE_14_N
+    ],
 ]
 # The flags a grid sets per run; as pass-through flags they would clash with it.
 GRID_FLAGS = ("--seed", "--env-id", "--num-tasks")
@@ -213,8 +247,7 @@ def run_local(names: list[str], commands: list[list[str]], log_dir: Path, worker
     failed = []
     pool = ThreadPoolExecutor(workers)  # threads that each wait on one subprocess
     try:
-        futures = {pool.submit(run_one, cmd, log_dir / f"{name}.log", threads): name
-                   for name, cmd in zip(names, commands)}
+        futures = {pool.submit(run_one, cmd, log_dir / f"{name}.log", threads): name for name, cmd in zip(names, commands)}
         for done, future in enumerate(as_completed(futures), 1):
             name, (code, seconds) = futures[future], future.result()
             if code == 0:
@@ -301,16 +334,30 @@ def slurm_seconds(limit: str) -> int | None:
 def slurm_script(runs: list[Run], commands: list[list[str]], args: Args, job_name: str, out_dir: Path) -> str:
     """A job array script: task i runs commands[i] from the repository root, and resumes it after a requeue."""
     array = f"0-{len(runs) - 1}" + (f"%{args.max_parallel}" if args.max_parallel else "")
-    options = [f"--job-name={job_name}", f"--array={array}", f"--output={out_dir}/%x_%A_%a.out",
-               "--open-mode=append", "--requeue", f"--signal=B:USR1@{args.signal_seconds}",
-               "--ntasks=1", f"--cpus-per-task={args.cpus_per_task}", f"--mem={args.mem}", f"--time={args.time}"]
+    options = [
+        f"--job-name={job_name}",
+        f"--array={array}",
+        f"--output={out_dir}/%x_%A_%a.out",
+        "--open-mode=append",
+        "--requeue",
+        f"--signal=B:USR1@{args.signal_seconds}",
+        "--ntasks=1",
+        f"--cpus-per-task={args.cpus_per_task}",
+        f"--mem={args.mem}",
+        f"--time={args.time}",
+    ]
     options += [f"--gpus-per-task={args.gpus_per_task}"] if args.gpus_per_task > 0 else []
     options += [f"--partition={args.partition}"] if args.partition else []
     options += [f"--account={args.account}"] if args.account else []
-    lines = ["#!/bin/bash", *(f"#SBATCH {option}" for option in options),
-             f"# written by benchmark/run.py: {len(runs)} runs, one per array task. A task that is requeued",
-             "# (preempted, its node failed, or near its time limit) resumes its run: --resume auto --run-name.",
-             "set -euo pipefail", f"cd {shlex.quote(str(ROOT))}", 'export OMP_NUM_THREADS="${SLURM_CPUS_PER_TASK:-1}"']
+    lines = [
+        "#!/bin/bash",
+        *(f"#SBATCH {option}" for option in options),
+        f"# written by benchmark/run.py: {len(runs)} runs, one per array task. A task that is requeued",
+        "# (preempted, its node failed, or near its time limit) resumes its run: --resume auto --run-name.",
+        "set -euo pipefail",
+        f"cd {shlex.quote(str(ROOT))}",
+        'export OMP_NUM_THREADS="${SLURM_CPUS_PER_TASK:-1}"',
+    ]
     lines += [args.setup] if args.setup else []
     lines += ['case "$SLURM_ARRAY_TASK_ID" in']
     lines += [f"  {i}) run=({shlex.join(cmd)}) ;;" for i, cmd in enumerate(commands)]
@@ -335,8 +382,11 @@ if __name__ == "__main__":
     limit = slurm_seconds(args.time)
     if args.slurm and limit is not None and limit < args.signal_seconds + 120:
         # Slurm may send the signal up to 60 s early: a task would save and requeue itself on every start
-        print(f"warning: --time {args.time} leaves less than 2 min beyond --signal-seconds {args.signal_seconds}: "
-              "a task may get USR1 (save, requeue) soon after it starts", file=sys.stderr)
+        print(
+            f"warning: --time {args.time} leaves less than 2 min beyond --signal-seconds {args.signal_seconds}: "
+            "a task may get USR1 (save, requeue) soon after it starts",
+            file=sys.stderr,
+        )
     if (args.preset is None) == (not args.scripts):
         sys.exit("error: give either --preset or --scripts")
     if args.preset is not None and (args.env_ids or args.num_tasks):
@@ -349,8 +399,13 @@ if __name__ == "__main__":
     for script in missing:
         print(f"warning: {script} does not exist (yet)", file=sys.stderr)
 
-    no_resume = sorted({run.script for run in runs if run.script not in missing
-                        and not re.search(r"^\s+resume:", (ROOT / run.script).read_text(), re.MULTILINE)})
+    no_resume = sorted(
+        {
+            run.script
+            for run in runs
+            if run.script not in missing and not re.search(r"^\s+resume:", (ROOT / run.script).read_text(), re.MULTILINE)
+        }
+    )
     if args.slurm and no_resume:  # its tasks would fail at once on --resume auto --run-name
         sys.exit(f"error: {no_resume[0]} takes no --resume: a Slurm array task could not continue its run")
 

@@ -26,6 +26,7 @@ It prints a markdown table at the end. With --output it writes that table, and w
 numbers as JSON, after every measurement (each mode's update time, then its SPS), so that a run stopped midway
 keeps what it had measured: a row without "sps" is a mode whose SPS run had not finished.
 """
+
 import ctypes
 import datetime
 import json
@@ -48,8 +49,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import fmer_continuous as fm  # noqa: E402
 
-MODES = {"eager": [], "compile": ["--compile"], "cudagraphs": ["--cudagraphs"],
-         "compile+cudagraphs": ["--compile", "--cudagraphs"]}
+MODES = {
+    "eager": [],
+    "compile": ["--compile"],
+    "cudagraphs": ["--cudagraphs"],
+    "compile+cudagraphs": ["--compile", "--cudagraphs"],
+}
 
 
 @dataclass
@@ -85,8 +90,11 @@ class Args:
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-                 "CPU") if os.path.exists("/proc/cpuinfo") else "CPU"
+    model = (
+        next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "CPU")
+        if os.path.exists("/proc/cpuinfo")
+        else "CPU"
+    )
     return f"{model}, {torch.get_num_threads()} threads"
 
 
@@ -148,7 +156,7 @@ class Setup:
 
     def __init__(self, obs_dim: int, act_dim: int, device: torch.device, hidden_dim=None, batch_size=None):
         args = fm.Args(hidden_dim=hidden_dim or fm.Args.hidden_dim, batch_size=batch_size or fm.Args.batch_size)
-        fm.check_args(args)  # fills in the default ESS target, K / 2
+        args.ess_target = fm.default_ess_target(args.num_candidates)  # K / 2
         self.B, self.K, self.N, self.H = args.batch_size, args.num_candidates, args.ode_steps, args.hidden_dim
         torch.manual_seed(0)
         self.actor = fm.VelocityField(obs_dim, act_dim, self.H).to(device)
@@ -164,18 +172,36 @@ class Setup:
         self.alpha_opt, self.beta_opt = adam([self.log_alpha], args.alpha_lr), adam([self.log_beta], args.beta_lr)
         self.target_entropy = torch.tensor(-float(act_dim), device=device)
         B = self.B
-        self.batch = (torch.randn(B, obs_dim, device=device), torch.rand(B, act_dim, device=device) * 2 - 1,
-                      torch.randn(B, device=device), torch.randn(B, obs_dim, device=device), torch.zeros(B, device=device))
+        self.batch = (
+            torch.randn(B, obs_dim, device=device),
+            torch.rand(B, act_dim, device=device) * 2 - 1,
+            torch.randn(B, device=device),
+            torch.randn(B, obs_dim, device=device),
+            torch.zeros(B, device=device),
+        )
         self.args = args
 
     def critic_step(self, *batch):
         a = self.args
-        return fm.update_critic(batch, self.actor, self.critic, self.target_critic, self.critic_opt, a.gamma, a.tau,
-                                self.K, self.N)
+        return fm.update_critic(
+            batch, self.actor, self.critic, self.target_critic, self.critic_opt, a.gamma, a.tau, self.K, self.N
+        )
 
     def actor_step(self, obs, target_entropy):
-        return fm.update_actor(obs, self.actor, self.critic, self.actor_opt, self.log_alpha, self.alpha_opt,
-                               self.log_beta, self.beta_opt, self.K, self.N, self.args.ess_target, target_entropy)
+        return fm.update_actor(
+            obs,
+            self.actor,
+            self.critic,
+            self.actor_opt,
+            self.log_alpha,
+            self.alpha_opt,
+            self.log_beta,
+            self.beta_opt,
+            self.K,
+            self.N,
+            self.args.ess_target,
+            target_entropy,
+        )
 
     def parts(self) -> dict:
         """The parts of an update as functions of no argument."""
@@ -212,8 +238,13 @@ class Setup:
             (loss - 0.1 * entropy).backward()
             self.actor_opt.step()
 
-        return {"sampler": sampler, "scoring": scoring, "critic": critic_regression, "wcfm": wcfm,
-                "wcfm+divergence": wcfm_and_divergence}
+        return {
+            "sampler": sampler,
+            "scoring": scoring,
+            "critic": critic_regression,
+            "wcfm": wcfm,
+            "wcfm+divergence": wcfm_and_divergence,
+        }
 
 
 def measure_sps(args: Args, mode: str) -> float:
@@ -221,10 +252,29 @@ def measure_sps(args: Args, mode: str) -> float:
     total = args.learning_starts + args.burn_in + args.sps_steps
     log_every = max(1, min(args.burn_in, args.sps_steps) // 5)
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, str(ROOT / "fmer_continuous.py"), "--env-id", args.env_id, "--total-timesteps", str(total),
-               "--buffer-size", str(total), "--learning-starts", str(args.learning_starts), "--log-frequency", str(log_every),
-               "--eval-frequency", str(total), "--eval-episodes", "1", "--progress-seconds", "1e9",
-               "--exp-name", "speed", *MODES[mode]]
+        cmd = [
+            sys.executable,
+            str(ROOT / "fmer_continuous.py"),
+            "--env-id",
+            args.env_id,
+            "--total-timesteps",
+            str(total),
+            "--buffer-size",
+            str(total),
+            "--learning-starts",
+            str(args.learning_starts),
+            "--log-frequency",
+            str(log_every),
+            "--eval-frequency",
+            str(total),
+            "--eval-episodes",
+            "1",
+            "--progress-seconds",
+            "1e9",
+            "--exp-name",
+            "speed",
+            *MODES[mode],
+        ]
         for flag, value in (("--hidden-dim", args.hidden_dim), ("--batch-size", args.batch_size)):
             if value is not None:
                 cmd += [flag, str(value)]
@@ -256,8 +306,9 @@ def main(args: Args):
     setup = Setup(obs_dim, act_dim, device, args.hidden_dim, args.batch_size)
     B, K, N, H = setup.B, setup.K, setup.N, setup.H
     throughput = matmul_throughput(B * K, H, device)
-    update_flops = count_flops(lambda: (setup.critic_step(*setup.batch),
-                                        setup.actor_step(setup.batch[0], setup.target_entropy)))
+    update_flops = count_flops(
+        lambda: (setup.critic_step(*setup.batch), setup.actor_step(setup.batch[0], setup.target_entropy))
+    )
     part_flops = {name: count_flops(fn) for name, fn in setup.parts().items()}
     part_flops["divergence"] = part_flops["wcfm+divergence"] - part_flops["wcfm"]
     floor = update_flops / throughput
@@ -285,26 +336,47 @@ def main(args: Args):
         ]
         for row in rows:
             sps = "running" if "sps" not in row else ("not run" if row["sps"] is None else f"{row['sps']:.1f}")
-            lines.append(f"| {row['mode']} | {row['update'] * 1e3:.1f} | {1 / row['update']:.2f} | "
-                         f"{row['floor_ratio']:.2f} | {sps} | " + " | ".join(part_cell(row, n) for n in names) + " |")
+            lines.append(
+                f"| {row['mode']} | {row['update'] * 1e3:.1f} | {1 / row['update']:.2f} | "
+                f"{row['floor_ratio']:.2f} | {sps} | " + " | ".join(part_cell(row, n) for n in names) + " |"
+            )
         lines.append("")
-        lines.append("sampler and scoring run twice per update; SPS is over a real training run (env steps, acting, "
-                     f"updates), steps {sps_window[0]}-{sps_window[1]}.")
+        lines.append(
+            "sampler and scoring run twice per update; SPS is over a real training run (env steps, acting, "
+            f"updates), steps {sps_window[0]}-{sps_window[1]}."
+        )
         return "\n".join(lines)
 
     def save():  # after every measurement: a run stopped midway keeps what it had measured
         if args.output:
             write_atomically(args.output, table() + "\n")
         if args.json_output:
-            raw = {"env_id": args.env_id, "obs_dim": obs_dim, "act_dim": act_dim, "B": B, "K": K, "N": N, "hidden": H,
-                   "device": device_name(device), "torch": torch.__version__, "update_flops": update_flops,
-                   "part_flops": part_flops, "matmul_flops_per_s": throughput, "floor_s": floor,
-                   "sps_window_steps": sps_window if args.sps_steps > 0 else None, "rows": rows}
+            raw = {
+                "env_id": args.env_id,
+                "obs_dim": obs_dim,
+                "act_dim": act_dim,
+                "B": B,
+                "K": K,
+                "N": N,
+                "hidden": H,
+                "device": device_name(device),
+                "torch": torch.__version__,
+                "update_flops": update_flops,
+                "part_flops": part_flops,
+                "matmul_flops_per_s": throughput,
+                "floor_s": floor,
+                "sps_window_steps": sps_window if args.sps_steps > 0 else None,
+                "rows": rows,
+            }
             write_atomically(args.json_output, json.dumps(raw, indent=1) + "\n")
 
     for mode in modes:
         print(f"measuring {mode} ...", file=sys.stderr, flush=True)
-        wrap = lambda fn: fm.fast_path(fn, "compile" in mode, "cudagraphs" in mode)  # noqa: E731
+
+        def wrap(fn):  # as the script's main block runs fn with --compile and --cudagraphs
+            fn = torch.compile(fn) if "compile" in mode else fn
+            return fm.CudaGraphFunction(fn) if "cudagraphs" in mode else fn
+
         critic_step, actor_step = wrap(setup.critic_step), wrap(setup.actor_step)
 
         def update():
@@ -326,6 +398,7 @@ def main(args: Args):
             row["sps"] = measure_sps(args, mode)
             save()
     print(table())
+
 
 if __name__ == "__main__":
     main(tyro.cli(Args))

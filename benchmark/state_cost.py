@@ -9,6 +9,7 @@ one step, so their moments exist) and a replay buffer with `--filled` transition
 with the filled part of the buffer; the networks and optimizers add a constant (about 6 MB at
 width 256). The overhead on SPS of one write every C env steps at S steps/s is write_s / (C / S).
 """
+
 import os
 import sys
 import tempfile
@@ -53,9 +54,18 @@ def main(args: Args) -> None:
     for name in rb.FIELDS:
         getattr(rb, name).normal_()
     rb.size, rb.pos = args.filled, 0
-    state = {"script": fm.SCRIPT, "args": {}, "actor": actor.state_dict(), "critic": critic.state_dict(),
-             "target_critic": target.state_dict(), "log_alpha": log_alpha.detach(), "log_beta": log_beta.detach(),
-             "optimizers": [opt.state_dict() for opt in optimizers], "replay_buffer": rb.state_dict(), "counters": ()}
+    state = {
+        "script": fm.SCRIPT,
+        "args": {},
+        "actor": actor.state_dict(),
+        "critic": critic.state_dict(),
+        "target_critic": target.state_dict(),
+        "log_alpha": log_alpha.detach(),
+        "log_beta": log_beta.detach(),
+        "optimizers": [opt.state_dict() for opt in optimizers],
+        "replay_buffer": rb.state_dict(),
+        "counters": (),
+    }
     path = os.path.join(args.directory, "state_cost.pt")
     writes, reads = [], []
     for _ in range(args.repeats):
@@ -68,8 +78,10 @@ def main(args: Args) -> None:
     size = os.path.getsize(path)
     os.remove(path)
     per_row = sum(getattr(rb, name)[0].numel() for name in rb.FIELDS) * 4
-    print(f"{args.env_id}: obs {obs_dim}, act {act_dim}, {args.filled} transitions ({per_row} bytes each): "
-          f"state.pt {size / 2**20:.1f} MiB, write {min(writes):.2f} s, read {min(reads):.2f} s")
+    print(
+        f"{args.env_id}: obs {obs_dim}, act {act_dim}, {args.filled} transitions ({per_row} bytes each): "
+        f"state.pt {size / 2**20:.1f} MiB, write {min(writes):.2f} s, read {min(reads):.2f} s"
+    )
 
 
 if __name__ == "__main__":

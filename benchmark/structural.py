@@ -6,6 +6,7 @@ Every row computes the same thing both ways (checked here with assert_close befo
 the cost differs. Shapes are the script's defaults: B = 256 states, K = 8 candidates, N = 10 Euler
 steps, 3 hidden layers of 256. Times are medians of --iters calls after warm-up.
 """
+
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,8 +78,13 @@ def main(args: Args):
         grads = torch.autograd.grad(loss - 0.1 * entropy, list(actor.parameters()))
         return torch.stack([g.norm() for g in grads])
 
-    compare("divergence: forward-mode JVP vs double backward (WCFM + entropy, fwd + bwd)",
-            "forward-mode", flow_loss_forward_mode, "double backward", flow_loss_double_backward)
+    compare(
+        "divergence: forward-mode JVP vs double backward (WCFM + entropy, fwd + bwd)",
+        "forward-mode",
+        flow_loss_forward_mode,
+        "double backward",
+        flow_loss_double_backward,
+    )
 
     # 2. The state's part of the first layer once per state, against once per candidate and step.
     def sampler_full_first_layer():
@@ -90,8 +96,13 @@ def main(args: Args):
                 x = x + actor(actor.embed_obs(obs_k), x, t.fill_(k / N)) / N
         return x
 
-    compare("first layer: state part once per state vs per candidate and step (sampler)",
-            "once per state", lambda: fm.sample_candidates(actor, obs, K, N), "per row", sampler_full_first_layer)
+    compare(
+        "first layer: state part once per state vs per candidate and step (sampler)",
+        "once per state",
+        lambda: fm.sample_candidates(actor, obs, K, N),
+        "per row",
+        sampler_full_first_layer,
+    )
 
     def scoring_full_first_layer():  # the critics on [s, a] for every candidate
         actions = torch.tanh(u)
@@ -103,9 +114,13 @@ def main(args: Args):
         return h.reshape(2, B, K).min(0).values
 
     with torch.no_grad():
-        compare("first layer: state part once per state vs per candidate (critic scoring)",
-                "once per state", lambda: fm.score_candidates(critic, obs, torch.tanh(u)), "per row",
-                scoring_full_first_layer)
+        compare(
+            "first layer: state part once per state vs per candidate (critic scoring)",
+            "once per state",
+            lambda: fm.score_candidates(critic, obs, torch.tanh(u)),
+            "per row",
+            scoring_full_first_layer,
+        )
 
     # 3. Twin critics as one batched module against two separate critics.
     def two_separate_critics():
@@ -118,8 +133,13 @@ def main(args: Args):
         return torch.minimum(*qs)
 
     with torch.no_grad():
-        compare("twin critics: one batched module vs two critics (scoring)", "batched",
-                lambda: fm.score_candidates(critic, obs, torch.tanh(u)), "two modules", two_separate_critics)
+        compare(
+            "twin critics: one batched module vs two critics (scoring)",
+            "batched",
+            lambda: fm.score_candidates(critic, obs, torch.tanh(u)),
+            "two modules",
+            two_separate_critics,
+        )
 
     # 4. K candidates of B states in one [B*K] pass, against K passes over B states.
     def sampler_per_candidate():
@@ -135,19 +155,33 @@ def main(args: Args):
                 out.append(x)
         return torch.stack(out, 1)
 
-    compare("candidates: one pass over B*K rows vs K passes over B rows (sampler)", "one pass",
-            lambda: seeded(lambda: fm.sample_candidates(actor, obs, K, N)), "K passes", sampler_per_candidate)
+    compare(
+        "candidates: one pass over B*K rows vs K passes over B rows (sampler)",
+        "one pass",
+        lambda: seeded(lambda: fm.sample_candidates(actor, obs, K, N)),
+        "K passes",
+        sampler_per_candidate,
+    )
 
     # 5. Sampling under no_grad (the scripts' choice: inference_mode breaks torch.compile in torch 2.11)
     #    against inference_mode, where per-op overhead shows: acting on one state.
     one_state = obs[:1]
     inference_sampler = torch.inference_mode()(fm.sample_candidates.__wrapped__)
-    compare("no_grad vs inference_mode (sampler, acting on 1 state)", "no_grad",
-            lambda: seeded(lambda: fm.sample_candidates(actor, one_state, K, N)), "inference_mode",
-            lambda: seeded(lambda: inference_sampler(actor, one_state, K, N)), iters=10 * args.iters)
-    compare("no_grad vs inference_mode (sampler, 256 states)", "no_grad",
-            lambda: seeded(lambda: fm.sample_candidates(actor, obs, K, N)), "inference_mode",
-            lambda: seeded(lambda: inference_sampler(actor, obs, K, N)))
+    compare(
+        "no_grad vs inference_mode (sampler, acting on 1 state)",
+        "no_grad",
+        lambda: seeded(lambda: fm.sample_candidates(actor, one_state, K, N)),
+        "inference_mode",
+        lambda: seeded(lambda: inference_sampler(actor, one_state, K, N)),
+        iters=10 * args.iters,
+    )
+    compare(
+        "no_grad vs inference_mode (sampler, 256 states)",
+        "no_grad",
+        lambda: seeded(lambda: fm.sample_candidates(actor, obs, K, N)),
+        "inference_mode",
+        lambda: seeded(lambda: inference_sampler(actor, obs, K, N)),
+    )
 
     # 6. The Euler time input filled in place, against a new tensor each step.
     @torch.inference_mode()
@@ -158,9 +192,13 @@ def main(args: Args):
             x = x + actor(emb, x, torch.full((B, K, 1), k / N, device=device)) / N
         return x
 
-    compare("time input: filled in place vs torch.full per Euler step (sampler)", "fill_",
-            lambda: seeded(lambda: fm.sample_candidates(actor, obs, K, N)), "torch.full",
-            lambda: seeded(sampler_new_time_tensor))
+    compare(
+        "time input: filled in place vs torch.full per Euler step (sampler)",
+        "fill_",
+        lambda: seeded(lambda: fm.sample_candidates(actor, obs, K, N)),
+        "torch.full",
+        lambda: seeded(sampler_new_time_tensor),
+    )
 
     # 7. Polyak step of the target critics: one fused in-place call against a loop over tensors.
     target = fm.TwinQ(obs_dim, act_dim, H).to(device)
@@ -175,20 +213,41 @@ def main(args: Args):
         for p, tp in zip(online, targets):
             tp.data.copy_(0.005 * p.data + (1 - 0.005) * tp.data)
 
-    compare("target critics: _foreach_lerp_ vs per-parameter copy", "_foreach_lerp_", polyak_foreach,
-            "per-parameter copy_", polyak_loop, check=False, iters=10 * args.iters)
+    compare(
+        "target critics: _foreach_lerp_ vs per-parameter copy",
+        "_foreach_lerp_",
+        polyak_foreach,
+        "per-parameter copy_",
+        polyak_loop,
+        check=False,
+        iters=10 * args.iters,
+    )
 
     # 8. Mish: fm.mish is the one-exp form when compiled and F.mish in eager; each against the other.
     h = torch.randn(B * K, H, device=device) * 3
-    compare("Mish, compiled: one-exp form vs F.mish", "one-exp form", torch.compile(lambda: fm.mish(h)), "F.mish",
-            torch.compile(lambda: F.mish(h)))
-    compare("Mish, eager: F.mish vs one-exp form", "F.mish", lambda: fm.mish(h), "one-exp form",
-            lambda: fm.mish_with_derivative(h)[0])
+    compare(
+        "Mish, compiled: one-exp form vs F.mish",
+        "one-exp form",
+        torch.compile(lambda: fm.mish(h)),
+        "F.mish",
+        torch.compile(lambda: F.mish(h)),
+    )
+    compare(
+        "Mish, eager: F.mish vs one-exp form",
+        "F.mish",
+        lambda: fm.mish(h),
+        "one-exp form",
+        lambda: fm.mish_with_derivative(h)[0],
+    )
 
-    lines = [f"Structural speed-ups on {args.env_id} (obs {obs_dim}, act {act_dim}); B={B}, K={K}, N={N}, hidden={H}; "
-             f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads",
-             f"command: python benchmark/structural.py {' '.join(sys.argv[1:])}".rstrip(), "",
-             "| idea | chosen | ms | instead of | ms | speed-up |", "| --- | --- | ---: | --- | ---: | ---: |"]
+    lines = [
+        f"Structural speed-ups on {args.env_id} (obs {obs_dim}, act {act_dim}); B={B}, K={K}, N={N}, hidden={H}; "
+        f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads",
+        f"command: python benchmark/structural.py {' '.join(sys.argv[1:])}".rstrip(),
+        "",
+        "| idea | chosen | ms | instead of | ms | speed-up |",
+        "| --- | --- | ---: | --- | ---: | ---: |",
+    ]
     for idea, chosen_name, fast, other_name, slow in rows:
         lines.append(f"| {idea} | {chosen_name} | {fast * 1e3:.2f} | {other_name} | {slow * 1e3:.2f} | {slow / fast:.2f}x |")
     publish(lines, args.output)

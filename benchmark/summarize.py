@@ -26,6 +26,7 @@ The evaluation metric is `eval/episodic_return`, or `eval/completion_rate` in % 
   +- std over seeds. Seeds evaluated at different steps are linearly interpolated onto the union
   of their eval steps, within the range that every seed covers.
 """
+
 import datetime
 import os
 from dataclasses import dataclass
@@ -120,8 +121,11 @@ def parse_run_name(name: str) -> tuple[str, str, int, int | None] | None:
 
 def first_event_time(path: Path) -> int:
     """The time in the name of the run's first event file (events.out.tfevents.{time}.{host}...), 0 if none."""
-    times = [int(f.name.split(".")[3]) for f in path.glob("events.out.tfevents.*")
-             if len(f.name.split(".")) > 3 and f.name.split(".")[3].isdigit()]
+    times = [
+        int(f.name.split(".")[3])
+        for f in path.glob("events.out.tfevents.*")
+        if len(f.name.split(".")) > 3 and f.name.split(".")[3].isdigit()
+    ]
     return min(times, default=0)
 
 
@@ -152,8 +156,7 @@ def load_run(path: Path) -> RunLog | str:
     time = first_event_time(path) if time is None else time
     tag, scale, _ = metric(env)
     # purge_orphaned_data (the default): a SessionLog START at step s drops the earlier values at steps >= s
-    accumulator = EventAccumulator(str(path), size_guidance={"scalars": 0, "tensors": 0},
-                                   purge_orphaned_data=True).Reload()
+    accumulator = EventAccumulator(str(path), size_guidance={"scalars": 0, "tensors": 0}, purge_orphaned_data=True).Reload()
     if tag not in accumulator.Tags()["scalars"]:
         return f"no {tag}"
     steps, values = scalar_points(accumulator, tag)
@@ -184,15 +187,16 @@ def collect(runs_dir: Path, last_fraction: float) -> tuple[list[Group], list[str
         key = (run.env, run.exp_name, run.budget, run.seed)  # env first: an ablation's row sits by its parent's
         if key in newest:
             older, run = sorted([newest[key], run], key=lambda r: (r.time, r.path.name))
-            notes.append(f"`{older.path.name}`: a newer run of the same seed and budget is kept "
-                         f"(`{run.path.name}`), left out")
+            notes.append(f"`{older.path.name}`: a newer run of the same seed and budget is kept (`{run.path.name}`), left out")
         newest[key] = run
 
     by_group = {}
     for (env, exp_name, budget, _), run in sorted(newest.items()):
         by_group.setdefault((exp_name, env, budget), []).append(run)
-    groups = [Group(exp_name, env, budget, runs, np.array([final_score(run, last_fraction) for run in runs]))
-              for (exp_name, env, budget), runs in by_group.items()]
+    groups = [
+        Group(exp_name, env, budget, runs, np.array([final_score(run, last_fraction) for run in runs]))
+        for (exp_name, env, budget), runs in by_group.items()
+    ]
     return groups, notes
 
 
@@ -206,14 +210,17 @@ def mean_std_text(mean: float, std: float) -> str:
     return f"{mean:.2f} ({std:.2f})" if np.isfinite(std) else f"{mean:.2f} (—)"
 
 
-def markdown(groups: list[Group], notes: list[str], runs_dir: str, last_fraction: float,
-             curve_links: dict[str, str]) -> str:
+def markdown(groups: list[Group], notes: list[str], runs_dir: str, last_fraction: float, curve_links: dict[str, str]) -> str:
     short, few = "†", "‡"
     lines = [
-        "# FMER benchmark summary", "",
-        (f"Written by `python benchmark/summarize.py` from `{runs_dir}` on {datetime.date.today()}. Per run, the best "
-         f"eval over the last {last_fraction:.0%} of its steps; then mean (sample std, ddof=1) over seeds. Metric: "
-         "`eval/episodic_return`, or `eval/completion_rate` in % on FrankaKitchen."), "",
+        "# FMER benchmark summary",
+        "",
+        (
+            f"Written by `python benchmark/summarize.py` from `{runs_dir}` on {datetime.date.today()}. Per run, the best "
+            f"eval over the last {last_fraction:.0%} of its steps; then mean (sample std, ddof=1) over seeds. Metric: "
+            "`eval/episodic_return`, or `eval/completion_rate` in % on FrankaKitchen."
+        ),
+        "",
         "| script | env | metric | seeds | steps per run | ours: mean (std) | paper (1M steps, 5 seeds) |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
@@ -222,11 +229,16 @@ def markdown(groups: list[Group], notes: list[str], runs_dir: str, last_fraction
         paper = PAPER.get((group.exp_name, group.env))
         seeds = ", ".join(str(run.seed) for run in group.runs) + (f" {few}" if len(group.runs) < PAPER_SEEDS else "")
         budget = f"{group.budget:,}" + (f" {short}" if group.budget < PAPER_BUDGET else "")
-        lines.append(f"| {group.exp_name} | {group.env} | {metric(group.env)[2]} | {seeds} | {budget} | "
-                     f"{mean_std_text(mean, std)} | {mean_std_text(*paper) if paper else '—'} |")
-    lines += ["", f"{short} shorter than the paper's 1M steps: not comparable with the paper column.",
-              f"{few} fewer than the paper's 5 seeds.",
-              "— in the paper column: the paper has no number for this script and env."]
+        lines.append(
+            f"| {group.exp_name} | {group.env} | {metric(group.env)[2]} | {seeds} | {budget} | "
+            f"{mean_std_text(mean, std)} | {mean_std_text(*paper) if paper else '—'} |"
+        )
+    lines += [
+        "",
+        f"{short} shorter than the paper's 1M steps: not comparable with the paper column.",
+        f"{few} fewer than the paper's 5 seeds.",
+        "— in the paper column: the paper has no number for this script and env.",
+    ]
     if notes:
         lines += ["", "Notes:", *(f"- {note}" for note in notes)]
     if curve_links:
@@ -252,7 +264,7 @@ def plot_env(env: str, groups: list[Group], path: Path) -> None:
     for group in groups:
         steps, mean, std = mean_curve(group.runs)
         seeds = f"{len(group.runs)} seed" + ("s" if len(group.runs) > 1 else "")
-        line, = ax.plot(steps, mean, marker=".", label=f"{group.exp_name} ({seeds}, {group.budget:,} steps)")
+        (line,) = ax.plot(steps, mean, marker=".", label=f"{group.exp_name} ({seeds}, {group.budget:,} steps)")
         if len(group.runs) > 1:
             ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2)
     ax.set(title=env, xlabel="env steps", ylabel=f"eval {metric(env)[2]}")

@@ -3,6 +3,7 @@
 No training runs here: the summarizer reads event files written by the test, and the runner's
 local runs are a tiny stand-in script.
 """
+
 import os
 import re
 import subprocess
@@ -21,12 +22,14 @@ MUJOCO = ("Hopper-v5", "HalfCheetah-v5", "Walker2d-v5", "Humanoid-v5")
 
 
 def cli(script: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "benchmark" / script), *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "benchmark" / script), *args], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
 
 
-def write_run(runs_dir: Path, name: str, points: list[tuple[int, float]], total: int | None,
-              tag: str = "eval/episodic_return") -> None:
+def write_run(
+    runs_dir: Path, name: str, points: list[tuple[int, float]], total: int | None, tag: str = "eval/episodic_return"
+) -> None:
     """A run folder as the scripts write it: the hyperparameter table (unless total is None) and `tag`."""
     writer = SummaryWriter(str(runs_dir / name))
     if total is not None:
@@ -44,15 +47,14 @@ def runs_dir(tmp_path_factory) -> Path:
     runs = tmp_path_factory.mktemp("runs")
     # Hopper, budget 1000: window is step >= 900. Seed 1 peaks just before it (890, excluded).
     # Max per seed then mean: (10 + 30) / 2 = 20; mean curve then max would give 15.
-    write_run(runs, "Hopper-v5__fmer_continuous__1__200",
-              ZEROS + [(890, 9999.0), (900, 10.0), (950, 0.0), (1000, 0.0)], 1000)
-    write_run(runs, "Hopper-v5__fmer_continuous__2__200",
-              ZEROS + [(890, 0.0), (900, 0.0), (950, 0.0), (1000, 30.0)], 1000)
+    write_run(runs, "Hopper-v5__fmer_continuous__1__200", ZEROS + [(890, 9999.0), (900, 10.0), (950, 0.0), (1000, 0.0)], 1000)
+    write_run(runs, "Hopper-v5__fmer_continuous__2__200", ZEROS + [(890, 0.0), (900, 0.0), (950, 0.0), (1000, 30.0)], 1000)
     write_run(runs, "Hopper-v5__fmer_continuous__1__100", [(900, 500.0), (1000, 500.0)], 1000)  # older seed 1
     write_run(runs, "Hopper-v5__fmer_continuous__3__300", [(500, 700.0)], 1000)  # unfinished
     write_run(runs, "Hopper-v5__fmer_clip__1__100", [(500, 1.0), (1000, 7.0)], 1000)
-    write_run(runs, "Humanoid-v5__fmer_continuous__1__100", [(890_000, 9000.0), (900_000, 5000.0), (1_000_000, 5200.0)],
-              1_000_000)
+    write_run(
+        runs, "Humanoid-v5__fmer_continuous__1__100", [(890_000, 9000.0), (900_000, 5000.0), (1_000_000, 5200.0)], 1_000_000
+    )
     write_run(runs, "Pendulum-v1__fmer_continuous__1__100", [(500, -1000.0), (900, -140.0), (1000, -150.0)], None)
     for seed, points in ((1, [(900, 0.5), (1000, 0.25)]), (2, [(900, 0.0), (1000, 0.25)])):
         name = f"FrankaKitchen-v1-N2__fmer_kitchen__{seed}__100"
@@ -104,12 +106,18 @@ def test_markdown_table(collected, runs_dir):
     groups, notes = collected
     text = summarize.markdown(list(groups.values()), notes, str(runs_dir), 0.1, {})
     assert "| script | env | metric | seeds | steps per run | ours: mean (std) | paper (1M steps, 5 seeds) |" in text
-    assert table_row(text, "fmer_continuous", "Hopper-v5") == \
-        "| fmer_continuous | Hopper-v5 | return | 1, 2 ‡ | 1,000 † | 20.00 (14.14) | 2913.45 (642.67) |"
-    assert table_row(text, "fmer_kitchen", "FrankaKitchen-v1-N2") == \
-        "| fmer_kitchen | FrankaKitchen-v1-N2 | completion % | 1, 2 ‡ | 1,000 † | 37.50 (17.68) | 48.00 (4.47) |"
-    assert table_row(text, "fmer_continuous", "Humanoid-v5") == \
-        "| fmer_continuous | Humanoid-v5 | return | 1 ‡ | 1,000,000 | 5200.00 (—) | 5286.12 (65.35) |"
+    assert (
+        table_row(text, "fmer_continuous", "Hopper-v5")
+        == "| fmer_continuous | Hopper-v5 | return | 1, 2 ‡ | 1,000 † | 20.00 (14.14) | 2913.45 (642.67) |"
+    )
+    assert (
+        table_row(text, "fmer_kitchen", "FrankaKitchen-v1-N2")
+        == "| fmer_kitchen | FrankaKitchen-v1-N2 | completion % | 1, 2 ‡ | 1,000 † | 37.50 (17.68) | 48.00 (4.47) |"
+    )
+    assert (
+        table_row(text, "fmer_continuous", "Humanoid-v5")
+        == "| fmer_continuous | Humanoid-v5 | return | 1 ‡ | 1,000,000 | 5200.00 (—) | 5286.12 (65.35) |"
+    )
     assert table_row(text, "fmer_continuous", "Pendulum-v1").endswith("| -140.00 (—) | — |")
     assert table_row(text, "fmer_clip", "Hopper-v5").endswith("| 7.00 (—) | 2704.55 (627.12) |")
     assert "† shorter than the paper's 1M steps" in text
@@ -117,8 +125,9 @@ def test_markdown_table(collected, runs_dir):
 
 def test_curves_interpolate_onto_common_steps():
     def run(steps, values):
-        return summarize.RunLog(Path("x"), "Hopper-v5", "fmer_continuous", 1, 0, 20, np.array(steps),
-                                np.array(values, dtype=float))
+        return summarize.RunLog(
+            Path("x"), "Hopper-v5", "fmer_continuous", 1, 0, 20, np.array(steps), np.array(values, dtype=float)
+        )
 
     steps, mean, std = summarize.mean_curve([run([0, 10, 20], [0, 10, 20]), run([5, 10, 15, 20, 25], [5, 6, 7, 8, 9])])
     assert steps.tolist() == [5, 10, 15, 20]  # union of eval steps, within the range both seeds cover
@@ -127,8 +136,15 @@ def test_curves_interpolate_onto_common_steps():
 
 
 def test_summarize_cli_writes_table_and_one_figure_per_env(runs_dir, tmp_path):
-    result = cli("summarize.py", "--runs-dir", str(runs_dir), "--out", str(tmp_path / "summary.md"),
-                 "--plot-dir", str(tmp_path / "plots"))
+    result = cli(
+        "summarize.py",
+        "--runs-dir",
+        str(runs_dir),
+        "--out",
+        str(tmp_path / "summary.md"),
+        "--plot-dir",
+        str(tmp_path / "plots"),
+    )
     assert result.returncode == 0, result.stderr
     text = (tmp_path / "summary.md").read_text()
     assert "| 20.00 (14.14) | 2913.45 (642.67) |" in text
@@ -145,19 +161,32 @@ def dry_run(*args: str) -> list[str]:
 
 def test_dry_run_presets():
     mujoco = dry_run("--preset", "mujoco")
-    assert sorted(mujoco) == sorted(f"python fmer_continuous.py --env-id {env} --seed {seed}"
-                                    for env in MUJOCO for seed in range(1, 6))
+    assert sorted(mujoco) == sorted(
+        f"python fmer_continuous.py --env-id {env} --seed {seed}" for env in MUJOCO for seed in range(1, 6)
+    )
     kitchen = dry_run("--preset", "kitchen", "--seeds", "1", "2")
-    assert sorted(kitchen) == sorted(f"python fmer_kitchen.py --num-tasks {n} --seed {seed}"
-                                     for n in (1, 2, 4, 7) for seed in (1, 2))
+    assert sorted(kitchen) == sorted(
+        f"python fmer_kitchen.py --num-tasks {n} --seed {seed}" for n in (1, 2, 4, 7) for seed in (1, 2)
+    )
     ablations = dry_run("--preset", "ablations", "--seeds", "1")
     scripts = {line.split()[1] for line in ablations}
-    assert scripts == {f"ablations/fmer_{name}.py" for name in
-                       ("no_entropy", "uniform_weights", "clip", "exact_divergence", "fixed_beta", "top1", "ode_solver",
-                        "kitchen_fixed_beta")} | {"fmer_continuous.py", "fmer_kitchen.py"}  # Tables 13-14: flags
+    assert scripts == {
+        f"ablations/fmer_{name}.py"
+        for name in (
+            "no_entropy",
+            "uniform_weights",
+            "clip",
+            "exact_divergence",
+            "fixed_beta",
+            "top1",
+            "ode_solver",
+            "kitchen_fixed_beta",
+        )
+    } | {"fmer_continuous.py", "fmer_kitchen.py"}  # Tables 13-14: flags
     assert sum("fmer_clip.py" in line for line in ablations) == 4  # Table 10: all four MuJoCo envs
-    assert [line for line in ablations if "exact_divergence" in line] == \
-        ["python ablations/fmer_exact_divergence.py --env-id Walker2d-v5 --seed 1"]  # Table 11
+    assert [line for line in ablations if "exact_divergence" in line] == [
+        "python ablations/fmer_exact_divergence.py --env-id Walker2d-v5 --seed 1"
+    ]  # Table 11
     assert len(ablations) == 56 and len(dry_run("--preset", "ablations")) == 280
 
 
@@ -173,8 +202,10 @@ def test_dry_run_ablation_grid_has_the_rows_of_the_papers_tables():
     assert 500_000 <= late < 900_000
     for env in ("Hopper-v5", "Walker2d-v5"):
         assert runs(f"ablations/fmer_no_entropy.py --env-id {env}")
-        assert runs(f"ablations/fmer_no_entropy.py --env-id {env} --entropy-off-step {late} "
-                    f"--exp-name fmer_no_entropy_off{late // 1000}k")
+        assert runs(
+            f"ablations/fmer_no_entropy.py --env-id {env} --entropy-off-step {late} "
+            f"--exp-name fmer_no_entropy_off{late // 1000}k"
+        )
     # Table 12: three fixed betas (ours: the values are lost) on the MuJoCo envs and Kitchen N = 1, 2, 4, 7,
     # below, inside and above the adaptive beta measured on short runs (0.008, then 0.029-0.108: run.py)
     low, mid, high = bench_run.FIXED_BETAS
@@ -183,14 +214,20 @@ def test_dry_run_ablation_grid_has_the_rows_of_the_papers_tables():
         for env in MUJOCO:
             assert runs(f"ablations/fmer_fixed_beta.py --env-id {env} --beta {beta} --exp-name fmer_fixed_beta_{beta}")
         for n in (1, 2, 4, 7):
-            assert runs(f"ablations/fmer_kitchen_fixed_beta.py --num-tasks {n} --beta {beta} "
-                        f"--exp-name fmer_kitchen_fixed_beta_{beta}")
+            assert runs(
+                f"ablations/fmer_kitchen_fixed_beta.py --num-tasks {n} --beta {beta} --exp-name fmer_kitchen_fixed_beta_{beta}"
+            )
     # Table 15: Euler 10 (the parent's run), RK2 10, RK4 10, RK2 5, RK4 2 on Walker2d
     assert "python fmer_continuous.py --env-id Walker2d-v5 --seed 1" in parent_runs
-    for solver, steps, exp_name in (("midpoint", 10, "fmer_ode_solver_midpoint"), ("rk4", 10, "fmer_ode_solver_rk4"),
-                                    ("midpoint", 5, "fmer_ode_solver_midpoint_N5"), ("rk4", 2, "fmer_ode_solver_rk4_N2")):
-        assert runs(f"ablations/fmer_ode_solver.py --env-id Walker2d-v5 --solver {solver} --ode-steps {steps} "
-                    f"--exp-name {exp_name}")
+    for solver, steps, exp_name in (
+        ("midpoint", 10, "fmer_ode_solver_midpoint"),
+        ("rk4", 10, "fmer_ode_solver_rk4"),
+        ("midpoint", 5, "fmer_ode_solver_midpoint_N5"),
+        ("rk4", 2, "fmer_ode_solver_rk4_N2"),
+    ):
+        assert runs(
+            f"ablations/fmer_ode_solver.py --env-id Walker2d-v5 --solver {solver} --ode-steps {steps} --exp-name {exp_name}"
+        )
     # Table 13: K = 4, 8 (the parent's runs), 16, 32 on Walker2d, Humanoid, Kitchen N = 2 and 7
     for env in ("Walker2d-v5", "Humanoid-v5"):
         assert f"python fmer_continuous.py --env-id {env} --seed 1" in parent_runs
@@ -208,8 +245,20 @@ def test_dry_run_ablation_grid_has_the_rows_of_the_papers_tables():
 
 
 def test_dry_run_grid_passes_unknown_flags_on():
-    lines = dry_run("--scripts", "fmer_continuous.py", "ablations/fmer_clip.py", "--env-ids", "Pendulum-v1",
-                    "InvertedPendulum-v5", "--seeds", "3", "4", "--total-timesteps", "5000", "--no-cuda")
+    lines = dry_run(
+        "--scripts",
+        "fmer_continuous.py",
+        "ablations/fmer_clip.py",
+        "--env-ids",
+        "Pendulum-v1",
+        "InvertedPendulum-v5",
+        "--seeds",
+        "3",
+        "4",
+        "--total-timesteps",
+        "5000",
+        "--no-cuda",
+    )
     assert len(lines) == 8
     for script in ("fmer_continuous.py", "ablations/fmer_clip.py"):
         for env in ("Pendulum-v1", "InvertedPendulum-v5"):
@@ -231,8 +280,21 @@ def test_every_preset_run_has_its_own_log_name():
 
 def test_slurm_array_script(tmp_path):
     flags = ("--preset", "mujoco", "--seeds", "1", "2", "--total-timesteps", "5000")
-    result = cli("run.py", *flags, "--slurm", "--slurm-dir", str(tmp_path), "--python", "echo", "--max-parallel", "3",
-                 "--partition", "gpu", "--account", "proj")
+    result = cli(
+        "run.py",
+        *flags,
+        "--slurm",
+        "--slurm-dir",
+        str(tmp_path),
+        "--python",
+        "echo",
+        "--max-parallel",
+        "3",
+        "--partition",
+        "gpu",
+        "--account",
+        "proj",
+    )
     assert result.returncode == 0, result.stderr
     sbatch = result.stdout.splitlines()[-1]
     assert sbatch == f"sbatch {tmp_path / 'mujoco.sbatch'}"
@@ -249,26 +311,42 @@ def test_slurm_array_script(tmp_path):
     # with --python python: index i runs expected[i], the python replaced by echo, and resumes its own run folder
     expected = dry_run(*flags)
     for i, command in enumerate(expected):
-        task = subprocess.run(["bash", str(script)], env=dict(os.environ, SLURM_ARRAY_TASK_ID=str(i)),
-                              capture_output=True, text=True, timeout=30)
+        task = subprocess.run(
+            ["bash", str(script)], env=dict(os.environ, SLURM_ARRAY_TASK_ID=str(i)), capture_output=True, text=True, timeout=30
+        )
         assert task.returncode == 0, task.stderr
         env, seed = re.search(r"--env-id (\S+) --seed (\d+)", command).groups()
         resume = f" --resume auto --run-name {env}__fmer_continuous__{seed}"
         assert task.stdout.splitlines()[-1] == command.removeprefix("python ") + resume
-    beyond = subprocess.run(["bash", str(script)], env=dict(os.environ, SLURM_ARRAY_TASK_ID="8"),
-                            capture_output=True)
+    beyond = subprocess.run(["bash", str(script)], env=dict(os.environ, SLURM_ARRAY_TASK_ID="8"), capture_output=True)
     assert beyond.returncode == 2
 
 
 def test_local_runner_survives_a_failing_run(tmp_path):
     fake = tmp_path / "fake.py"  # fails for seed 1; one worker, so seed 2 starts after that failure
-    fake.write_text("import os, sys\n"
-                    "seed = int(sys.argv[sys.argv.index('--seed') + 1])\n"
-                    "print(f'seed {seed} cwd {os.getcwd()} threads {os.environ[\"OMP_NUM_THREADS\"]} args {sys.argv[1:]}')\n"
-                    "sys.exit(3 if seed == 1 else 0)\n")
+    fake.write_text(
+        "import os, sys\n"
+        "seed = int(sys.argv[sys.argv.index('--seed') + 1])\n"
+        "print(f'seed {seed} cwd {os.getcwd()} threads {os.environ[\"OMP_NUM_THREADS\"]} args {sys.argv[1:]}')\n"
+        "sys.exit(3 if seed == 1 else 0)\n"
+    )
     logs = tmp_path / "logs"
-    result = cli("run.py", "--scripts", str(fake), "--seeds", "1", "2", "--workers", "1", "--threads", "1",
-                 "--log-dir", str(logs), "--some-flag", "7")
+    result = cli(
+        "run.py",
+        "--scripts",
+        str(fake),
+        "--seeds",
+        "1",
+        "2",
+        "--workers",
+        "1",
+        "--threads",
+        "1",
+        "--log-dir",
+        str(logs),
+        "--some-flag",
+        "7",
+    )
     assert result.returncode == 1
     assert "1 ok, 1 failed" in result.stdout
     assert f"default__fake__1: exit code 3, log {logs / 'default__fake__1.log'}" in result.stdout

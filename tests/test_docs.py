@@ -1,4 +1,5 @@
 """The documentation's links resolve, and the README stays a front page."""
+
 import re
 from pathlib import Path
 from urllib.parse import unquote
@@ -57,8 +58,11 @@ def test_relative_links_and_images_resolve(doc):
 
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_anchors_resolve(doc):
-    broken = [target for target, resolved, fragment in local_targets(doc)
-              if fragment and resolved.suffix == ".md" and resolved.exists() and fragment not in github_anchors(resolved)]
+    broken = [
+        target
+        for target, resolved, fragment in local_targets(doc)
+        if fragment and resolved.suffix == ".md" and resolved.exists() and fragment not in github_anchors(resolved)
+    ]
     assert not broken, f"{doc.relative_to(ROOT)}: links to missing headings: {broken}"
 
 
@@ -75,8 +79,10 @@ def test_readme_is_a_front_page():
 def test_link_check_catches_a_broken_link(tmp_path):
     (tmp_path / "there.md").write_text("# A heading: `x.py`\n")
     page = tmp_path / "page.md"
-    page.write_text("[ok](there.md#a-heading-xpy) ![img](missing.png) [gone](there.md#nowhere) "
-                    "`[code](not-a-link.md)` [web](https://example.com) <img src=\"gone.png\">\n")
+    page.write_text(
+        "[ok](there.md#a-heading-xpy) ![img](missing.png) [gone](there.md#nowhere) "
+        '`[code](not-a-link.md)` [web](https://example.com) <img src="gone.png">\n'
+    )
     targets = {t: (r.exists(), f) for t, r, f in local_targets(page)}
     assert set(targets) == {"there.md#a-heading-xpy", "missing.png", "there.md#nowhere", "gone.png"}
     assert targets["missing.png"][0] is False and targets["gone.png"][0] is False

@@ -1,4 +1,5 @@
 """fmer_kitchen.py: the task sets, the real env's reward and termination, and a smoke run."""
+
 import os
 import subprocess
 import sys
@@ -17,8 +18,9 @@ SCRIPT = ROOT / "fmer_kitchen.py"
 
 def run_script(args, cwd, timeout=600):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 def assert_one_error_line(result, *fragments):
@@ -132,9 +134,27 @@ def read_scalars(run_dir: Path) -> dict:
 @pytest.fixture(scope="module")
 def two_smoke_runs(tmp_path_factory):
     # Two envs of 280 steps end their first episodes at step 560; updates run from step 400.
-    smoke = ["--num-tasks", "2", "--total-timesteps", "600", "--learning-starts", "400", "--num-envs", "2",
-             "--eval-frequency", "300", "--eval-episodes", "2", "--log-frequency", "20",
-             "--hidden-dim", "64", "--batch-size", "64", "--save-model"]
+    smoke = [
+        "--num-tasks",
+        "2",
+        "--total-timesteps",
+        "600",
+        "--learning-starts",
+        "400",
+        "--num-envs",
+        "2",
+        "--eval-frequency",
+        "300",
+        "--eval-episodes",
+        "2",
+        "--log-frequency",
+        "20",
+        "--hidden-dim",
+        "64",
+        "--batch-size",
+        "64",
+        "--save-model",
+    ]
     runs = []
     for name in ("a", "b"):
         cwd = tmp_path_factory.mktemp(name)
@@ -159,13 +179,22 @@ def test_smoke_run_logs_completion_tags_and_its_checkpoint_evaluates(two_smoke_r
     tmp_path, result, run_dir, scalars = two_smoke_runs[0]
     assert "eval completion rate" in result.stdout and "slide cabinet 0/2" in result.stdout
     assert run_dir.name.startswith("FrankaKitchen-v1-N2__fmer_kitchen__1__")
-    for tag in ["charts/tasks_completed", "charts/completion_rate", "eval/tasks_completed", "eval/completion_rate",
-                "eval/successes/light_switch", "eval/successes/slide_cabinet", "losses/wcfm_loss", "losses/qf_loss"]:
+    for tag in [
+        "charts/tasks_completed",
+        "charts/completion_rate",
+        "eval/tasks_completed",
+        "eval/completion_rate",
+        "eval/successes/light_switch",
+        "eval/successes/slide_cabinet",
+        "losses/wcfm_loss",
+        "losses/qf_loss",
+    ]:
         assert tag in scalars, tag
     assert [step for step, _ in scalars["eval/completion_rate"]] == [300, 600]
     assert len(scalars["charts/tasks_completed"]) == 2  # one per env
-    for (_, done), (_, rate), (_, ret) in zip(scalars["charts/tasks_completed"], scalars["charts/completion_rate"],
-                                              scalars["charts/episodic_return"]):
+    for (_, done), (_, rate), (_, ret) in zip(
+        scalars["charts/tasks_completed"], scalars["charts/completion_rate"], scalars["charts/episodic_return"]
+    ):
         assert rate == done / 2 and ret == done
 
     checkpoint_path = run_dir / "fmer_kitchen.fmer_model"

@@ -1,4 +1,7 @@
-"""fmer_multigoal.py: the environment against hand-computed steps, the pictures, and a smoke run."""
+"""fmer_multigoal.py: the environment against hand-computed steps, its pictures (docs/multigoal/pictures.py), and a
+smoke run."""
+
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +13,10 @@ import torch
 import fmer_multigoal as mg
 
 ROOT = Path(__file__).resolve().parents[1]
+PICTURES = ROOT / "docs" / "multigoal" / "pictures.py"  # draws the pictures from saved checkpoints
+_spec = importlib.util.spec_from_file_location("multigoal_pictures", PICTURES)
+pic = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(pic)
 
 
 def env_at(position):
@@ -75,8 +82,12 @@ def test_time_limit_truncates():
 
 
 def test_goals_reached_counts_distinct_goals():
-    paths = [np.array([[0, 0], [4.5, 0.2]]), np.array([[0, 0], [4.8, -0.3]]), np.array([[0, 0], [0.1, -4.4]]),
-             np.array([[0, 0], [2.0, 2.0]])]
+    paths = [
+        np.array([[0, 0], [4.5, 0.2]]),
+        np.array([[0, 0], [4.8, -0.3]]),
+        np.array([[0, 0], [0.1, -4.4]]),
+        np.array([[0, 0], [2.0, 2.0]]),
+    ]
     assert mg.goals_reached(paths) == 2
     assert mg.episodes_per_goal(paths).tolist() == [2, 0, 0, 1]
     assert mg.goals_reached([np.array([[0, 0], g]) for g in mg.GOALS]) == 4
@@ -86,16 +97,19 @@ def test_goals_reached_counts_distinct_goals():
 def test_pictures_draw_headless(tmp_path):
     torch.manual_seed(0)
     actor, critic = mg.VelocityField(2, 2, 16), mg.TwinQ(2, 2, 16)
-    snap = mg.candidate_snapshot(actor, critic, 8, 3, draws=4, device=torch.device("cpu"))
-    assert snap[0].shape == (len(mg.PROBE_STATES), 32, 2) and snap[1].shape == (len(mg.PROBE_STATES), 4, 2)
+    snap = pic.candidate_snapshot(actor, critic, 8, 3, draws=4, device=torch.device("cpu"))
+    assert snap[0].shape == (len(pic.PROBE_STATES), 32, 2) and snap[1].shape == (len(pic.PROBE_STATES), 4, 2)
     assert np.abs(snap[0]).max() <= 1.0
     # each chosen action is one of the candidates of its state
-    assert all(any(np.allclose(c, k) for k in snap[0][s]) for s in range(len(mg.PROBE_STATES)) for c in snap[1][s])
+    assert all(any(np.allclose(c, k) for k in snap[0][s]) for s in range(len(pic.PROBE_STATES)) for c in snap[1][s])
     paths = [np.array([[0.0, 0.0], [1.0, 0.0], [4.5, 0.0]])]
     states = mg.field_states()
-    figures = {"trajectories": mg.plot_trajectories(paths, 10), "candidates": mg.plot_candidates(snap, 10),
-               "arrow_field": mg.plot_arrow_field(states, nearest_goal_directions(states), 10),
-               "evolution": mg.plot_evolution([(0, snap), (5, snap), (10, snap)])}
+    figures = {
+        "trajectories": pic.plot_trajectories(paths, 10),
+        "candidates": pic.plot_candidates(snap, 10),
+        "arrow_field": pic.plot_arrow_field(states, nearest_goal_directions(states), 10),
+        "evolution": pic.plot_evolution([(0, snap), (5, snap), (10, snap)]),
+    }
     for name, fig in figures.items():
         fig.savefig(tmp_path / f"{name}.png")
         assert (tmp_path / f"{name}.png").stat().st_size > 5_000
@@ -185,51 +199,84 @@ def test_evaluate_modes_starts_both_evaluations_alike_and_samples_ignore_the_cri
 
 
 @pytest.mark.slow
-def test_smoke_run_writes_pictures_and_goal_metric(tmp_path):
-    args = ["--total-timesteps", "240", "--learning-starts", "200", "--eval-frequency", "120", "--plot-frequency", "120",
-            "--eval-episodes", "6", "--hidden-dim", "32", "--batch-size", "32", "--log-frequency", "20", "--save-model"]
-    proc = subprocess.run([sys.executable, str(ROOT / "fmer_multigoal.py"), *args], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=600)
+def test_smoke_run_writes_goal_metrics_and_checkpoints_that_draw(tmp_path):
+    args = "--total-timesteps 240 --learning-starts 200 --eval-frequency 120 --eval-episodes 6 --hidden-dim 32"
+    args = [*args.split(), *"--batch-size 32 --log-frequency 20 --save-model".split()]
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "fmer_multigoal.py"), *args], cwd=tmp_path, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run_dir,) = (tmp_path / "runs").iterdir()
-    pngs = sorted(p.name for p in run_dir.glob("*.png"))
-    for name in ("trajectories", "trajectories_samples", "candidates", "arrow_field", "evolution"):
-        # a picture before learning (step 120) and one at the end (240)
-        assert f"{name}_0000240.png" in pngs and f"{name}_0000120.png" in pngs, pngs
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    acc = EventAccumulator(str(run_dir), size_guidance={"images": 0}).Reload()
+    acc = EventAccumulator(str(run_dir)).Reload()
     for tag in ("eval/goals_reached", "eval/goals_reached_samples"):
         goals = acc.Scalars(tag)
         assert [e.step for e in goals] == [120, 240] and all(0 <= e.value <= 4 for e in goals)
     fractions = acc.Scalars("eval/nearest_goal_fraction")
     assert [e.step for e in fractions] == [120, 240] and all(0.0 <= e.value <= 1.0 for e in fractions)
-    assert {"images/trajectories", "images/trajectories_samples", "images/candidates", "images/arrow_field",
-            "images/evolution"} <= set(acc.Tags()["images"])
     assert "goals reached best-of-K" in proc.stdout and "nearest-goal fraction" in proc.stdout
+    # --save-model keeps one checkpoint per evaluation beside the latest, for the pictures
+    names = sorted(p.name for p in run_dir.glob("*.fmer_model"))
+    assert names == ["fmer_multigoal.fmer_model", "fmer_multigoal_0000120.fmer_model", "fmer_multigoal_0000240.fmer_model"]
+    assert torch.load(run_dir / names[1], weights_only=True)["step"] == 120
 
-    # --eval-only prints the three numbers of the saved checkpoint and draws its pictures
-    (checkpoint,) = run_dir.glob("*.fmer_model")
-    proc = subprocess.run([sys.executable, str(ROOT / "fmer_multigoal.py"), "--eval-only", "--checkpoint", str(checkpoint),
-                           "--eval-episodes", "4", "--pictures-dir", "pics"], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=600)
+    # the companion draws the run's pictures from them: (a)-(c) of the latest, (d) over the two
+    proc = subprocess.run(
+        [sys.executable, str(PICTURES), str(run_dir), "--out", "pics", "--eval-episodes", "4", "--draws", "4"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    pictures = ("arrow_field", "candidates", "evolution", "trajectories", "trajectories_samples")
+    assert sorted(p.name for p in (tmp_path / "pics").glob("*.png")) == [f"{name}_0000240.png" for name in pictures]
+    assert "(step 240)" in proc.stdout and "nearest-goal fraction" in proc.stdout
+
+    # --eval-only prints the three numbers of the saved checkpoint
+    command = [sys.executable, str(ROOT / "fmer_multigoal.py"), "--eval-only", "--checkpoint", str(run_dir / names[0])]
+    proc = subprocess.run([*command, "--eval-episodes", "4"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "goals reached best-of-K" in proc.stdout and "by the policy's samples" in proc.stdout
     assert "nearest-goal fraction" in proc.stdout
-    assert sorted(p.name for p in (tmp_path / "pics").glob("*.png")) == [
-        f"{name}_0000240.png" for name in ("arrow_field", "candidates", "trajectories", "trajectories_samples")]
+
+
+def test_pictures_of_a_folder_without_checkpoints_fail_in_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, str(PICTURES), str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0 and proc.stderr.strip().startswith("error: no fmer_multigoal.py checkpoints in")
 
 
 @pytest.mark.slow
 def test_same_seed_same_run_on_cpu(tmp_path):
     """Both evaluations draw from the torch RNG that training uses: the same seed must still give the same run."""
-    args = ["--total-timesteps", "230", "--learning-starts", "200", "--eval-frequency", "115", "--plot-frequency", "1000",
-            "--eval-episodes", "4", "--hidden-dim", "16", "--batch-size", "16", "--no-cuda", "--seed", "3"]
+    args = [
+        "--total-timesteps",
+        "230",
+        "--learning-starts",
+        "200",
+        "--eval-frequency",
+        "115",
+        "--eval-episodes",
+        "4",
+        "--hidden-dim",
+        "16",
+        "--batch-size",
+        "16",
+        "--no-cuda",
+        "--seed",
+        "3",
+    ]
     lines = []
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
-        proc = subprocess.run([sys.executable, str(ROOT / "fmer_multigoal.py"), *args], cwd=tmp_path / name,
-                              capture_output=True, text=True, timeout=600)
+        proc = subprocess.run(
+            [sys.executable, str(ROOT / "fmer_multigoal.py"), *args],
+            cwd=tmp_path / name,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         lines.append([line for line in proc.stdout.splitlines() if ": eval return" in line])
     assert len(lines[0]) == 2 and lines[0] == lines[1]
@@ -255,6 +302,7 @@ def test_committed_45k_checkpoints_keep_four_modes_at_the_start(seed):
     shares = (cosines >= np.cos(np.radians(45.0))).mean(axis=0)
     assert (shares > 0.08).all(), shares
     states = mg.field_states()
-    actions = mg.best_of_k_actions(actor, critic, torch.as_tensor(states, dtype=torch.float32), a["num_candidates"],
-                                   a["ode_steps"]).numpy()
+    actions = mg.best_of_k_actions(
+        actor, critic, torch.as_tensor(states, dtype=torch.float32), a["num_candidates"], a["ode_steps"]
+    ).numpy()
     assert mg.nearest_goal_fraction(states, actions) >= 0.98

@@ -1,4 +1,5 @@
 """End-to-end tests: fmer_continuous.py run as a user runs it, in a subprocess."""
+
 import os
 import re
 import signal
@@ -16,15 +17,35 @@ import fmer_continuous as fm
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "fmer_continuous.py"
 # Small enough for CI; learning_starts < total_timesteps, so updates (critic and actor) do run.
-SMOKE = ["--env-id", "Pendulum-v1", "--total-timesteps", "500", "--learning-starts", "400", "--num-envs", "2",
-         "--eval-frequency", "250", "--eval-episodes", "2", "--log-frequency", "20", "--hidden-dim", "64",
-         "--batch-size", "64", "--seed", "3"]
+SMOKE = [
+    "--env-id",
+    "Pendulum-v1",
+    "--total-timesteps",
+    "500",
+    "--learning-starts",
+    "400",
+    "--num-envs",
+    "2",
+    "--eval-frequency",
+    "250",
+    "--eval-episodes",
+    "2",
+    "--log-frequency",
+    "20",
+    "--hidden-dim",
+    "64",
+    "--batch-size",
+    "64",
+    "--seed",
+    "3",
+]
 
 
 def run_script(args, cwd, timeout=600):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 def read_scalars(run_root: Path) -> dict:
@@ -115,8 +136,23 @@ def test_checkpoint_of_another_script_is_refused_in_one_line(tmp_path):
 @pytest.mark.slow
 def test_non_finite_loss_stops_and_names_it(tmp_path):
     # gamma = 1e38 overflows the Bellman target, so the critic loss is inf on the first update
-    proc = run_script(["--env-id", "Pendulum-v1", "--total-timesteps", "200", "--learning-starts", "50",
-                       "--log-frequency", "10", "--hidden-dim", "32", "--gamma", "1e38"], tmp_path)
+    proc = run_script(
+        [
+            "--env-id",
+            "Pendulum-v1",
+            "--total-timesteps",
+            "200",
+            "--learning-starts",
+            "50",
+            "--log-frequency",
+            "10",
+            "--hidden-dim",
+            "32",
+            "--gamma",
+            "1e38",
+        ],
+        tmp_path,
+    )
     assert re.match(r"error: qf_loss is (inf|nan) at step \d+; stopping", one_line_error(proc))
 
 
@@ -135,12 +171,32 @@ class _UnboundedEnv(gym.Env):
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupt_saves_a_checkpoint_that_eval_only_loads(tmp_path, sig):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, str(SCRIPT), "--env-id", "Pendulum-v1", "--total-timesteps", "100000",
-                             "--learning-starts", "20", "--log-frequency", "10", "--progress-seconds", "0",
-                             "--hidden-dim", "32", "--save-model"],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            # a shell's background job inherits SIGINT ignored; give the run Python's default
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.default_int_handler))
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--env-id",
+            "Pendulum-v1",
+            "--total-timesteps",
+            "100000",
+            "--learning-starts",
+            "20",
+            "--log-frequency",
+            "10",
+            "--progress-seconds",
+            "0",
+            "--hidden-dim",
+            "32",
+            "--save-model",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        # a shell's background job inherits SIGINT ignored; give the run Python's default
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.default_int_handler),
+    )
     for line in proc.stdout:  # wait until updates are running
         if line.startswith("step 20/"):
             break

@@ -1,4 +1,5 @@
 """The fast paths (--compile, --cudagraphs) compute what the eager path computes."""
+
 import subprocess
 import sys
 from pathlib import Path
@@ -32,8 +33,9 @@ def learner(device: torch.device):
         return fm.update_critic(batch, actor, critic, target_critic, critic_opt, 0.99, 0.005, K, N)
 
     def actor_step(obs, target_entropy):
-        return fm.update_actor(obs, actor, critic, actor_opt, log_alpha, alpha_opt, log_beta, beta_opt, K, N, 2.0,
-                               target_entropy)
+        return fm.update_actor(
+            obs, actor, critic, actor_opt, log_alpha, alpha_opt, log_beta, beta_opt, K, N, 2.0, target_entropy
+        )
 
     modules = [actor, critic, target_critic]
     return critic_step, actor_step, modules
@@ -43,16 +45,29 @@ def batches(device, count):
     g = torch.Generator().manual_seed(7)
     for _ in range(count):
         obs, next_obs = torch.randn(BATCH, OBS_DIM, generator=g), torch.randn(BATCH, OBS_DIM, generator=g)
-        yield tuple(x.to(device) for x in (obs, torch.rand(BATCH, ACT_DIM, generator=g) * 2 - 1,
-                                           torch.randn(BATCH, generator=g), next_obs,
-                                           (torch.rand(BATCH, generator=g) < 0.2).float()))
+        yield tuple(
+            x.to(device)
+            for x in (
+                obs,
+                torch.rand(BATCH, ACT_DIM, generator=g) * 2 - 1,
+                torch.randn(BATCH, generator=g),
+                next_obs,
+                (torch.rand(BATCH, generator=g) < 0.2).float(),
+            )
+        )
+
+
+def fast_path(fn, compile, cudagraphs):
+    """fn as the script's main block runs it with --compile and --cudagraphs."""
+    fn = torch.compile(fn) if compile else fn
+    return fm.CudaGraphFunction(fn) if cudagraphs else fn
 
 
 def run_updates(device, compile=False, cudagraphs=False, count=5, seed=1):
     """count critic + actor updates; returns every logged value and the final weights."""
     critic_step, actor_step, modules = learner(device)
-    critic_step = fm.fast_path(critic_step, compile, cudagraphs)
-    actor_step = fm.fast_path(actor_step, compile, cudagraphs)
+    critic_step = fast_path(critic_step, compile, cudagraphs)
+    actor_step = fast_path(actor_step, compile, cudagraphs)
     target_entropy = torch.tensor(-1.0, device=device)
     torch.manual_seed(seed)
     logged = []
@@ -91,10 +106,28 @@ def test_compiled_updates_match_eager_on_cpu(inductor_uses_eager_random_numbers)
 
 @pytest.mark.slow
 def test_compile_flag_trains_on_cpu(tmp_path):
-    args = ["--env-id", "Pendulum-v1", "--total-timesteps", "120", "--learning-starts", "100", "--log-frequency", "10",
-            "--eval-frequency", "120", "--eval-episodes", "1", "--hidden-dim", "32", "--batch-size", "32", "--compile"]
-    proc = subprocess.run([sys.executable, str(ROOT / "fmer_continuous.py"), *args], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=900)
+    args = [
+        "--env-id",
+        "Pendulum-v1",
+        "--total-timesteps",
+        "120",
+        "--learning-starts",
+        "100",
+        "--log-frequency",
+        "10",
+        "--eval-frequency",
+        "120",
+        "--eval-episodes",
+        "1",
+        "--hidden-dim",
+        "32",
+        "--batch-size",
+        "32",
+        "--compile",
+    ]
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "fmer_continuous.py"), *args], cwd=tmp_path, capture_output=True, text=True, timeout=900
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "eval return" in proc.stdout
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -108,8 +141,13 @@ def test_compile_flag_trains_on_cpu(tmp_path):
 def test_cudagraphs_without_cuda_is_one_line_error(tmp_path):
     if CUDA:
         pytest.skip("this machine has CUDA")
-    proc = subprocess.run([sys.executable, str(ROOT / "fmer_continuous.py"), "--env-id", "Pendulum-v1", "--cudagraphs"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "fmer_continuous.py"), "--env-id", "Pendulum-v1", "--cudagraphs"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode != 0
     assert proc.stderr.strip().splitlines()[-1] == "error: --cudagraphs needs a CUDA device (try --compile alone)"
     assert "Traceback" not in proc.stderr

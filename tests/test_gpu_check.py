@@ -8,6 +8,7 @@ No test here depends on how fast the machine is: the dry runs print a progress l
 check or part is stopped midway at a point the test chooses (a line in the log, a result written), not after
 so many seconds. Time limits below are only there so that a broken check cannot hang the suite.
 """
+
 import json
 import os
 import re
@@ -65,8 +66,7 @@ def dry_check(tmp_path: Path, *flags: str) -> gpu_check.Check:
     args = gpu_check.parse_args([str(out), "--dry", *flags])
     env = {**QUIET, "PYTHONUNBUFFERED": "1", "TORCHINDUCTOR_CACHE_DIR": str(work / "cache")}
     check = gpu_check.Check(args, "dry", out, work, env, {}, gpu_check.Log(out / "log.txt"))
-    check.results.update(profile="dry", parts_asked=list(args.parts), run_mode=check.run_mode, started="",
-                         command="(test)")
+    check.results.update(profile="dry", parts_asked=list(args.parts), run_mode=check.run_mode, started="", command="(test)")
     return check
 
 
@@ -78,16 +78,18 @@ def one_error_line(proc: subprocess.CompletedProcess, *words: str):
         assert word in lines[0]
 
 
-@pytest.mark.parametrize("args, words", [
-    (["--parts", "tests,gpu"], ["unknown part gpu"]),
-    (["--budget", "seeds=soon"], ["--budget", "PART=SECONDS"]),
-    (["--full", "--dry"], ["exclude each other"]),
-    (["--seed-counts", "1,0"], ["--seed-counts"]),
-    (["--dry", "--run-mode", "compile+cudagraphs"], ["needs CUDA"]),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--parts", "tests,gpu"], ["unknown part gpu"]),
+        (["--budget", "seeds=soon"], ["--budget", "PART=SECONDS"]),
+        (["--full", "--dry"], ["exclude each other"]),
+        (["--seed-counts", "1,0"], ["--seed-counts"]),
+        (["--dry", "--run-mode", "compile+cudagraphs"], ["needs CUDA"]),
+    ],
+)
 def test_check_refuses_bad_input_in_one_line(tmp_path, args, words):
-    proc = subprocess.run([sys.executable, CHECK, str(tmp_path / "out"), *args], capture_output=True, text=True,
-                          timeout=60)
+    proc = subprocess.run([sys.executable, CHECK, str(tmp_path / "out"), *args], capture_output=True, text=True, timeout=60)
     one_error_line(proc, *words)
 
 
@@ -97,14 +99,18 @@ def test_check_without_gpu_asks_for_the_dry_mode(tmp_path):
     one_error_line(proc, "sees no CUDA GPU", "--dry")
 
 
-@pytest.mark.parametrize("args, words", [
-    (["--python-version", "twelve"], ["--python-version"]),
-    (["--glibc", "2"], ["--glibc"]),
-    (["torch==2.11.0"], ["torch"]),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--python-version", "twelve"], ["--python-version"]),
+        (["--glibc", "2"], ["--glibc"]),
+        (["torch==2.11.0"], ["torch"]),
+    ],
+)
 def test_wheelhouse_refuses_bad_input_in_one_line(tmp_path, args, words):
-    proc = subprocess.run([sys.executable, WHEELHOUSE, str(tmp_path / "wh"), *args], capture_output=True, text=True,
-                          timeout=60)
+    proc = subprocess.run(
+        [sys.executable, WHEELHOUSE, str(tmp_path / "wh"), *args], capture_output=True, text=True, timeout=60
+    )
     one_error_line(proc, *words)
 
 
@@ -123,8 +129,11 @@ def test_platform_tags_cover_every_glibc_up_to_the_given_one():
 
 
 def test_default_wheelhouse_takes_the_repository_pins():
-    pins = [line for line in (ROOT / "requirements.txt").read_text().splitlines()
-            if line.startswith(("gymnasium", "mujoco", "tyro"))]
+    pins = [
+        line
+        for line in (ROOT / "requirements.txt").read_text().splitlines()
+        if line.startswith(("gymnasium", "mujoco", "tyro"))
+    ]
     assert len(pins) == 4
     requirements = make_wheelhouse.default_requirements()
     assert requirements[:4] == pins and "torch" not in " ".join(requirements)
@@ -138,7 +147,8 @@ def test_runs_are_timed_from_their_progress_lines(tmp_path):
         "for i in range(1, 11):\n"
         "    time.sleep(0.2)\n"
         "    print(f'step {i * 100}/1000  SPS 1.0  ETA 1.0 min  last return 1.0', flush=True)\n"
-        "print('step 1000: eval return -12.5 +- 3.0, 2 goals reached (episodes per goal: 1/1/0/0)', flush=True)\n")
+        "print('step 1000: eval return -12.5 +- 3.0, 2 goals reached (episodes per goal: 1/1/0/0)', flush=True)\n"
+    )
     log = gpu_check.Log(tmp_path / "log.txt")
     run = gpu_check.Run("fake", [sys.executable, script], {}, log, tmp_path)
     assert run.wait(time.monotonic() + 60)
@@ -147,17 +157,19 @@ def test_runs_are_timed_from_their_progress_lines(tmp_path):
     assert rate["from_step"] == 300 and rate["to_step"] == 1000 and rate["steps"] == 700
     seconds = dict((s, t) for t, s in run.progress)
     assert rate["sps"] == pytest.approx(700 / (seconds[1000] - seconds[300]))  # arrival times, however fast they came
-    assert run.evals == [{"step": 1000, "return": -12.5, "std": 3.0, "seconds": run.evals[0]["seconds"],
-                          "goals_reached": 2}]
+    assert run.evals == [{"step": 1000, "return": -12.5, "std": 3.0, "seconds": run.evals[0]["seconds"], "goals_reached": 2}]
     assert run.reached == 1000 and run.failure() is None
     assert "[fake] step 500/1000" in (tmp_path / "log.txt").read_text()
 
 
 def test_a_failed_run_names_its_error(tmp_path):
     script = tmp_path / "crash.py"
-    script.write_text("import sys\nprint('step 10/100  SPS 5.0')\n"
-                      "print('RuntimeError: <weakref at 0x1>', file=sys.stderr)\n"
-                      + "".join(f"print('context line {i}')\n" for i in range(20)) + "sys.exit(3)\n")
+    script.write_text(
+        "import sys\nprint('step 10/100  SPS 5.0')\n"
+        "print('RuntimeError: <weakref at 0x1>', file=sys.stderr)\n"
+        + "".join(f"print('context line {i}')\n" for i in range(20))
+        + "sys.exit(3)\n"
+    )
     run = gpu_check.Run("crash", [sys.executable, script], {}, gpu_check.Log(tmp_path / "log.txt"), tmp_path)
     assert run.wait(time.monotonic() + 60)
     lines = run.failure().splitlines()
@@ -167,10 +179,12 @@ def test_a_failed_run_names_its_error(tmp_path):
 
 def test_a_run_is_stopped_with_its_process_group(tmp_path):
     script = tmp_path / "forever.py"
-    script.write_text("import subprocess, sys, time\n"
-                      "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
-                      "print(f'child {child.pid}', flush=True)\n"
-                      "time.sleep(600)\n")
+    script.write_text(
+        "import subprocess, sys, time\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
+        "print(f'child {child.pid}', flush=True)\n"
+        "time.sleep(600)\n"
+    )
     run = gpu_check.Run("forever", [sys.executable, script], {}, gpu_check.Log(tmp_path / "log.txt"), tmp_path)
     assert not run.wait(time.monotonic() + 3)
     run.stop(grace=5)
@@ -180,8 +194,9 @@ def test_a_run_is_stopped_with_its_process_group(tmp_path):
 
 def test_runs_are_stopped_together_on_one_grace(tmp_path, monkeypatch):
     script = tmp_path / "stubborn.py"  # ignores SIGTERM: only SIGKILL ends it
-    script.write_text("import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('ready', flush=True)\n"
-                      "time.sleep(600)\n")
+    script.write_text(
+        "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('ready', flush=True)\ntime.sleep(600)\n"
+    )
     log = gpu_check.Log(tmp_path / "log.txt")
     runs = [gpu_check.Run(f"stubborn {i}", [sys.executable, script], {}, log, tmp_path) for i in range(3)]
     wait_for(lambda: all("ready" in r.tail for r in runs), "the stand-ins to start", 120)
@@ -197,16 +212,20 @@ def test_runs_are_stopped_together_on_one_grace(tmp_path, monkeypatch):
 def stand_in_check(tmp_path: Path, body: str) -> subprocess.Popen:
     """A stand-in for the check: a process that imports gpu_check, runs body (which prints a line), then waits."""
     parent = tmp_path / "parent.py"
-    parent.write_text(f"import os, sys, time\nsys.path.insert(0, {str(ROOT)!r})\nfrom benchmark import gpu_check\n"
-                      f"{body}\ntime.sleep(600)\n")
+    parent.write_text(
+        f"import os, sys, time\nsys.path.insert(0, {str(ROOT)!r})\nfrom benchmark import gpu_check\n{body}\ntime.sleep(600)\n"
+    )
     return subprocess.Popen([sys.executable, parent], stdout=subprocess.PIPE, text=True)
 
 
 def test_children_die_with_the_check(tmp_path):
     # the stand-in starts a silent child (no output line would break its pipe), then is killed
-    proc = stand_in_check(tmp_path, f"run = gpu_check.Run('silent', [sys.executable, '-c', 'import time; time.sleep(600)'], "
-                                    f"{{}}, gpu_check.Log({str(tmp_path / 'log.txt')!r}), {str(tmp_path)!r})\n"
-                                    "print(run.proc.pid, flush=True)")
+    proc = stand_in_check(
+        tmp_path,
+        f"run = gpu_check.Run('silent', [sys.executable, '-c', 'import time; time.sleep(600)'], "
+        f"{{}}, gpu_check.Log({str(tmp_path / 'log.txt')!r}), {str(tmp_path)!r})\n"
+        "print(run.proc.pid, flush=True)",
+    )
     child = int(proc.stdout.readline())
     cmdline = Path("/proc") / str(child) / "cmdline"
     wait_for(lambda: cmdline.read_bytes().split(b"\0")[2] == b"import time; time.sleep(600)", "the launcher's exec", 60)
@@ -245,9 +264,12 @@ def test_the_mps_daemon_is_stopped_however_the_check_ends(tmp_path):
     # the check is killed: the guard notices and stops the daemon
     pipe = tmp_path / "pipe2"
     pipe.mkdir()
-    proc = stand_in_check(tmp_path, f"env = {{**os.environ, 'CUDA_MPS_PIPE_DIRECTORY': {str(pipe)!r}}}\n"
-                                    f"guard, error = gpu_check.start_mps({str(control)!r}, env, "
-                                    f"gpu_check.Log({str(tmp_path / 'l2')!r}))\nprint(error, flush=True)")
+    proc = stand_in_check(
+        tmp_path,
+        f"env = {{**os.environ, 'CUDA_MPS_PIPE_DIRECTORY': {str(pipe)!r}}}\n"
+        f"guard, error = gpu_check.start_mps({str(control)!r}, env, "
+        f"gpu_check.Log({str(tmp_path / 'l2')!r}))\nprint(error, flush=True)",
+    )
     assert proc.stdout.readline().strip() == "None" and not gone(daemon(pipe))
     proc.kill()
     proc.wait()
@@ -284,14 +306,23 @@ def test_without_a_compiler_the_check_says_so_and_runs_the_modes_that_need_none(
     check = gpu_check.Check(gpu_check.parse_args([str(tmp_path)]), "quick", tmp_path, tmp_path, {}, {}, None)
     check.no_compiler = "no compiler"
     assert [r[:2] for r in check.speed_runs(check.sizes["speed"])] == [
-        ("Humanoid-v5", "eager"), ("Humanoid-v5", "cudagraphs"), ("Hopper-v5", "cudagraphs"), ("Hopper-v5", "eager")]
+        ("Humanoid-v5", "eager"),
+        ("Humanoid-v5", "cudagraphs"),
+        ("Hopper-v5", "cudagraphs"),
+        ("Hopper-v5", "eager"),
+    ]
     assert check.pytest_args(check.sizes["tests"])[-2:] == ["-k", "(on_cuda) and not compile"]
 
     # the dry mode on this CPU, where inductor compiles C++ with $CXX: none there
     broken = {**QUIET, "CXX": str(tmp_path / "no-such-c++")}
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, CHECK, str(out), "--dry", "--parts", "learn", "--run-mode", "compile",
-                           "--learn-steps", "160"], env=broken, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, CHECK, str(out), "--dry", "--parts", "learn", "--run-mode", "compile", "--learn-steps", "160"],
+        env=broken,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     said = [line for line in proc.stdout.splitlines() if "torch.compile does not work here" in line]
     assert len(said) == 1 and "(eager, cudagraphs)" in said[0]
@@ -304,8 +335,13 @@ def test_without_a_compiler_the_check_says_so_and_runs_the_modes_that_need_none(
 @pytest.mark.slow
 def test_dry_mode_runs_the_parts_and_says_no_gpu_was_measured(tmp_path):
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, CHECK, str(out), "--dry", "--parts", "speed,seeds,learn",
-                           "--seed-counts", "2"], env=QUIET, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, CHECK, str(out), "--dry", "--parts", "speed,seeds,learn", "--seed-counts", "2"],
+        env=QUIET,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "NO GPU WAS MEASURED" in proc.stdout.splitlines()[-1]
     report = (out / "report.md").read_text()
@@ -337,8 +373,13 @@ def test_a_part_out_of_budget_is_cut_keeps_what_it_measured_and_the_check_fails(
     # 1 s after its burn-in (step 170) the learn part is cut; 100,000 steps cannot be done by then on any machine,
     # and the evaluation at step 150 came before the burn-in
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, CHECK, str(out), "--dry", "--parts", "learn", "--budget", "learn=1",
-                           "--learn-steps", "100000"], env=QUIET, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, CHECK, str(out), "--dry", "--parts", "learn", "--budget", "learn=1", "--learn-steps", "100000"],
+        env=QUIET,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
     learn = json.loads((out / "results.json").read_text())["parts"]["learn"]
     assert learn["status"] == "cut" and 170 <= learn["reached_step"] < 100_000
@@ -348,8 +389,13 @@ def test_a_part_out_of_budget_is_cut_keeps_what_it_measured_and_the_check_fails(
 
 def test_the_checks_own_deadline_cuts_what_is_left(tmp_path):
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, CHECK, str(out), "--dry", "--parts", "learn", "--budget", "total=1"],
-                          env=QUIET, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, CHECK, str(out), "--dry", "--parts", "learn", "--budget", "total=1"],
+        env=QUIET,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
     results = json.loads((out / "results.json").read_text())
     assert results["warmup"]["status"] == "skipped" and results["parts"]["learn"]["status"] == "cut"
@@ -360,9 +406,23 @@ def test_the_checks_own_deadline_cuts_what_is_left(tmp_path):
 def test_a_killed_check_keeps_what_it_had_measured(tmp_path):
     # SIGKILL, as a harness sends at its time limit, once the first level is written and the second has started
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, CHECK, str(out), "--dry", "--parts", "seeds", "--seed-counts", "1,2",
-                             "--work-dir", str(tmp_path / "work")],  # a killed check cannot remove its scratch folder
-                            env=QUIET, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            CHECK,
+            str(out),
+            "--dry",
+            "--parts",
+            "seeds",
+            "--seed-counts",
+            "1,2",
+            "--work-dir",
+            str(tmp_path / "work"),
+        ],  # a killed check cannot remove its scratch folder
+        env=QUIET,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     log = out / "log.txt"
 
     def second_level_started():
@@ -437,8 +497,7 @@ def test_kitchen_part_runs_to_its_budget_and_reports_sps_and_completions(tmp_pat
     assert "--num-tasks 1" in kitchen["command"] and 400 <= kitchen["reached_step"] < 100_000
     assert kitchen["sps_after_burn_in"]["from_step"] == 170 and kitchen["sps_after_burn_in"]["sps"] > 0
     assert [e["step"] for e in kitchen["evals"]] == [200, 400]
-    assert all(set(e["successes"]) == {"light switch"} and e["successes"]["light switch"][1] == 2
-               for e in kitchen["evals"])
+    assert all(set(e["successes"]) == {"light switch"} and e["successes"]["light switch"][1] == 2 for e in kitchen["evals"])
     training = kitchen["training"]  # read from its tensorboard log: 280-step episodes, or shorter where it succeeded
     assert training["episodes"] >= 1 and 0 <= training["completed"] <= training["episodes"]
     assert (training["first_step"] is None) == (training["completed"] == 0)
@@ -458,11 +517,20 @@ def hide_packages(farm: Path, hidden: set[str]) -> None:
 @pytest.mark.slow
 def test_wheelhouse_installs_offline_into_a_fresh_environment(tmp_path):
     wheelhouse = tmp_path / "wh"
-    build = subprocess.run([sys.executable, WHEELHOUSE, str(wheelhouse), "tyro==1.0.17"], capture_output=True,
-                           text=True, timeout=600)
-    if build.returncode != 0 and any(s in build.stderr for s in (
-            "No matching distribution", "Could not find a version", "NewConnectionError", "Max retries exceeded",
-            "Temporary failure in name resolution", "Network is unreachable")):
+    build = subprocess.run(
+        [sys.executable, WHEELHOUSE, str(wheelhouse), "tyro==1.0.17"], capture_output=True, text=True, timeout=600
+    )
+    if build.returncode != 0 and any(
+        s in build.stderr
+        for s in (
+            "No matching distribution",
+            "Could not find a version",
+            "NewConnectionError",
+            "Max retries exceeded",
+            "Temporary failure in name resolution",
+            "Network is unreachable",
+        )
+    ):
         pytest.skip(f"pip cannot download tyro==1.0.17 from its index here: {build.stderr.strip().splitlines()[-1]}")
     assert build.returncode == 0, build.stderr
     wheels = {make_wheelhouse.wheel_name(w) for w in wheelhouse.glob("*.whl")}

@@ -4,6 +4,7 @@ The stop is made deterministic by a driver that runs the script in-process (runp
 itself after a chosen number of training vector steps; the script's own signal handling then
 saves at the end of that step, exactly as it does for Slurm's SIGTERM/SIGUSR1 or Ctrl-C.
 """
+
 import hashlib
 import math
 import os
@@ -19,9 +20,28 @@ import fmer_continuous as fm
 
 ROOT = Path(__file__).resolve().parents[1]
 # Pendulum-v1 episodes are exactly 200 steps: steps 200, 400, ... are episode boundaries.
-TINY = ["--env-id", "Pendulum-v1", "--learning-starts", "100", "--hidden-dim", "16", "--num-candidates", "4",
-        "--ode-steps", "2", "--batch-size", "16", "--log-frequency", "25", "--eval-frequency", "100",
-        "--eval-episodes", "2", "--seed", "5"]
+TINY = [
+    "--env-id",
+    "Pendulum-v1",
+    "--learning-starts",
+    "100",
+    "--hidden-dim",
+    "16",
+    "--num-candidates",
+    "4",
+    "--ode-steps",
+    "2",
+    "--batch-size",
+    "16",
+    "--log-frequency",
+    "25",
+    "--eval-frequency",
+    "100",
+    "--eval-episodes",
+    "2",
+    "--seed",
+    "5",
+]
 DRIVER = """
 import os, runpy, signal, sys
 import gymnasium as gym
@@ -42,8 +62,11 @@ runpy.run_path(script, run_name="__main__")
 
 def run(args, cwd, script="fmer_continuous.py", stop_at=None, signum=signal.SIGTERM, timeout=900):
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, str(ROOT / script), *args] if stop_at is None else \
-        [sys.executable, "-c", DRIVER, str(stop_at), str(int(signum)), str(ROOT / script), *args]
+    command = (
+        [sys.executable, str(ROOT / script), *args]
+        if stop_at is None
+        else [sys.executable, "-c", DRIVER, str(stop_at), str(int(signum)), str(ROOT / script), *args]
+    )
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
@@ -104,7 +127,7 @@ def test_sigterm_at_episode_boundary_then_resume_is_the_same_run(tmp_path, unint
     first = run([*TINY, "--total-timesteps", "600", "--run-name", "cut"], tmp_path, stop_at=400)
     assert first.returncode == 128 + signal.SIGTERM, first.stderr[-3000:]
     assert "SIGTERM at step 400: state saved to runs/cut/state.pt" in first.stderr
-    assert torch.load(tmp_path / "runs/cut/state.pt", weights_only=True)["counters"][0] == 400
+    assert torch.load(tmp_path / "runs/cut/state.pt", weights_only=True)["counters"]["global_step"] == 400
     second = run(["--resume", "runs/cut"], tmp_path)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "resuming runs/cut at step 400" in second.stdout
@@ -122,7 +145,7 @@ def test_sigkill_after_a_checkpoint_resumes_from_it_and_drops_the_lost_steps(tmp
     args = [*TINY, "--total-timesteps", "600", "--run-name", "killed", "--checkpoint-frequency", "400"]
     first = run(args, tmp_path, stop_at=500, signum=signal.SIGKILL)
     assert first.returncode == -signal.SIGKILL
-    assert torch.load(tmp_path / "runs/killed/state.pt", weights_only=True)["counters"][0] == 400
+    assert torch.load(tmp_path / "runs/killed/state.pt", weights_only=True)["counters"]["global_step"] == 400
     second = run(["--resume", "auto", "--run-name", "killed"], tmp_path)
     assert second.returncode == 0, second.stderr[-3000:]
     resumed = scalars(tmp_path / "runs" / "killed")
@@ -131,19 +154,57 @@ def test_sigkill_after_a_checkpoint_resumes_from_it_and_drops_the_lost_steps(tmp
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("script", ["fmer_continuous.py", "fmer_kitchen.py", "fmer_multigoal.py",
-                                    # the other copies differ from these only in the update (test_ablations.py)
-                                    "ablations/fmer_no_entropy.py", "ablations/fmer_ode_solver.py"])
+@pytest.mark.parametrize(
+    "script",
+    [
+        "fmer_continuous.py",
+        "fmer_kitchen.py",
+        "fmer_multigoal.py",
+        # the other copies differ from these only in the update (test_ablations.py)
+        "ablations/fmer_no_entropy.py",
+        "ablations/fmer_ode_solver.py",
+    ],
+)
 def test_state_at_the_resume_point_is_the_saved_one(tmp_path, script):
     """Stopped mid-episode at step 150, resumed with nothing left to run: the resumed process
     writes back the state it loaded, bitwise (all but the observation, since the cut episode is
     replaced by a new one)."""
     if "kitchen" in script:
-        args = ["--num-tasks", "1", "--learning-starts", "100", "--hidden-dim", "16", "--num-candidates", "4",
-                "--ode-steps", "2", "--batch-size", "16", "--eval-frequency", "100", "--eval-episodes", "2"]
+        args = [
+            "--num-tasks",
+            "1",
+            "--learning-starts",
+            "100",
+            "--hidden-dim",
+            "16",
+            "--num-candidates",
+            "4",
+            "--ode-steps",
+            "2",
+            "--batch-size",
+            "16",
+            "--eval-frequency",
+            "100",
+            "--eval-episodes",
+            "2",
+        ]
     elif "multigoal" in script:
-        args = ["--learning-starts", "100", "--hidden-dim", "16", "--num-candidates", "4", "--ode-steps", "2",
-                "--batch-size", "16", "--eval-frequency", "100", "--eval-episodes", "2", "--plot-frequency", "100"]
+        args = [
+            "--learning-starts",
+            "100",
+            "--hidden-dim",
+            "16",
+            "--num-candidates",
+            "4",
+            "--ode-steps",
+            "2",
+            "--batch-size",
+            "16",
+            "--eval-frequency",
+            "100",
+            "--eval-episodes",
+            "2",
+        ]
     else:
         args = TINY
     first = run([*args, "--total-timesteps", "150", "--run-name", "r"], tmp_path, script, stop_at=150)
@@ -153,7 +214,7 @@ def test_state_at_the_resume_point_is_the_saved_one(tmp_path, script):
     second = run(["--resume", str(tmp_path / "saved.pt")], tmp_path, script)
     assert second.returncode == 0, second.stderr[-3000:]
     again = torch.load(tmp_path / "state.pt", weights_only=True)  # the run folder is where its state lies
-    assert saved["counters"][0] == again["counters"][0] == 150
+    assert saved["counters"]["global_step"] == again["counters"]["global_step"] == 150
     del saved["obs"], again["obs"], saved["args"]["resume"], again["args"]["resume"]
     assert_same(saved, again)
     assert saved["replay_buffer"]["size"] == 150 and saved["optimizers"][0]["state"]  # a learner that had learned

@@ -11,6 +11,7 @@ CI (CI=true) that is a failure instead: the test is never skipped there.
 
 The first tests need no cluster: summarize.py on hand-written event files of a resumed run.
 """
+
 import os
 import re
 import shutil
@@ -59,10 +60,19 @@ def test_summarize_reads_a_resumed_run_once(tmp_path):
     """A run saved at step 400, killed after logging evals 500 and 600, resumed with purge_step 401
     (as the scripts do): summarize.py has every eval point once, the resumed start's values."""
     run = tmp_path / "Pendulum-v1__fmer_continuous__1"  # the stable name of a Slurm array task
-    write_start(run, {TAG: list(range(100, 700, 100)), "losses/qf_loss": list(range(50, 650, 50))},
-                lambda step: float(step), total=1000)
-    write_start(run, {TAG: list(range(500, 1100, 100)), "losses/qf_loss": list(range(450, 1050, 50))},
-                lambda step: -float(step), total=1000, purge_step=401)
+    write_start(
+        run,
+        {TAG: list(range(100, 700, 100)), "losses/qf_loss": list(range(50, 650, 50))},
+        lambda step: float(step),
+        total=1000,
+    )
+    write_start(
+        run,
+        {TAG: list(range(500, 1100, 100)), "losses/qf_loss": list(range(450, 1050, 50))},
+        lambda step: -float(step),
+        total=1000,
+        purge_step=401,
+    )
     assert sorted(raw_steps(run, TAG)).count(500) == 2  # both files hold step 500 and 600
     loaded = summarize.load_run(run)
     assert not isinstance(loaded, str), loaded
@@ -93,15 +103,26 @@ def test_run_names():
     assert summarize.parse_run_name("Hopper-v5__fmer_clip__1__1795361221") == ("Hopper-v5", "fmer_clip", 1, 1795361221)
     assert summarize.parse_run_name("notes") is None
     assert summarize.parse_run_name("a__b__c") is None
-    runs = {run.seed if run.script == "fmer_continuous.py" else run.script: run for run in [
-        bench_run.Run("fmer_continuous.py", "Hopper-v5", ("--env-id", "Hopper-v5"), 2),
-        bench_run.Run("fmer_kitchen.py", "N4", ("--num-tasks", "4"), 1),
-        bench_run.Run("fmer_multigoal.py", "default", (), 1)]}
+    runs = {
+        run.seed if run.script == "fmer_continuous.py" else run.script: run
+        for run in [
+            bench_run.Run("fmer_continuous.py", "Hopper-v5", ("--env-id", "Hopper-v5"), 2),
+            bench_run.Run("fmer_kitchen.py", "N4", ("--num-tasks", "4"), 1),
+            bench_run.Run("fmer_multigoal.py", "default", (), 1),
+        ]
+    }
     assert bench_run.run_name_stable(runs[2], ["--exp-name", "x"]) == "Hopper-v5__x__2"
     assert bench_run.run_name_stable(runs["fmer_kitchen.py"], []) == "FrankaKitchen-v1-N4__fmer_kitchen__1"
     assert bench_run.run_name_stable(runs["fmer_multigoal.py"], []) == "MultiGoal__fmer_multigoal__1"
-    for limit, seconds in [("10", 600), ("10:30", 630), ("1:00:00", 3600), ("1-00:00:00", 86400), ("2-3", 183600),
-                           ("1-2:3", 93780), ("infinite", None)]:
+    for limit, seconds in [
+        ("10", 600),
+        ("10:30", 630),
+        ("1:00:00", 3600),
+        ("1-00:00:00", 86400),
+        ("2-3", 183600),
+        ("1-2:3", 93780),
+        ("infinite", None),
+    ]:
         assert bench_run.slurm_seconds(limit) == seconds, limit
     for preset in ("mujoco", "kitchen", "ablations"):
         plan = bench_run.grid(bench_run.preset_plan(preset), (1, 2))
@@ -111,6 +132,7 @@ def test_run_names():
 
 
 # ---- the cluster ----
+
 
 def unavailable(reason: str):
     """Skip where Slurm cannot be had; in CI, fail: this test is never skipped there."""
@@ -140,8 +162,7 @@ def slurm(tmp_path_factory):
     state = tmp_path_factory.mktemp("slurm")
     script = ROOT / "benchmark" / "slurm_cluster.sh"
     env = dict(os.environ, FMER_SLURM_PORT=str(free_port_pair()))
-    start = subprocess.run(["bash", str(script), "start", str(state)], env=env, capture_output=True, text=True,
-                           timeout=900)
+    start = subprocess.run(["bash", str(script), "start", str(state)], env=env, capture_output=True, text=True, timeout=900)
     if start.returncode == 3:  # not root, or slurm-wlm and munge missing and not installable
         unavailable(f"no Slurm here: {start.stderr.strip().splitlines()[-1]}")
     assert start.returncode == 0, f"the one-node cluster did not start:\n{start.stdout}\n{start.stderr}"
@@ -153,8 +174,9 @@ def slurm(tmp_path_factory):
 
 def squeue(env: dict, job: str) -> list[str]:
     """The array's tasks still in the queue: `{job}_{index} {state}` lines."""
-    out = subprocess.run(["squeue", "--noheader", "--jobs", job, "--format=%i %T"], env=env, capture_output=True,
-                         text=True, timeout=30)
+    out = subprocess.run(
+        ["squeue", "--noheader", "--jobs", job, "--format=%i %T"], env=env, capture_output=True, text=True, timeout=30
+    )
     return out.stdout.split("\n") if out.returncode == 0 and out.stdout.strip() else []
 
 
@@ -173,21 +195,49 @@ def wait_for(condition, timeout: float, what: str, diagnose) -> None:
 
 
 def resume_supported() -> bool:
-    return "--resume" in subprocess.run([sys.executable, str(ROOT / "fmer_continuous.py"), "--help"],
-                                        capture_output=True, text=True, cwd=ROOT).stdout
+    return (
+        "--resume"
+        in subprocess.run(
+            [sys.executable, str(ROOT / "fmer_continuous.py"), "--help"], capture_output=True, text=True, cwd=ROOT
+        ).stdout
+    )
 
 
 TOTAL, EVAL, LEARNING_STARTS = 1500, 250, 500
-TINY = ["--total-timesteps", str(TOTAL), "--learning-starts", str(LEARNING_STARTS), "--eval-frequency", str(EVAL),
-        "--eval-episodes", "2", "--checkpoint-frequency", "100", "--hidden-dim", "32", "--num-candidates", "4",
-        "--ode-steps", "2", "--batch-size", "64", "--buffer-size", "5000", "--log-frequency", "50",
-        "--progress-seconds", "2", "--no-cuda"]
+TINY = [
+    "--total-timesteps",
+    str(TOTAL),
+    "--learning-starts",
+    str(LEARNING_STARTS),
+    "--eval-frequency",
+    str(EVAL),
+    "--eval-episodes",
+    "2",
+    "--checkpoint-frequency",
+    "100",
+    "--hidden-dim",
+    "32",
+    "--num-candidates",
+    "4",
+    "--ode-steps",
+    "2",
+    "--batch-size",
+    "64",
+    "--buffer-size",
+    "5000",
+    "--log-frequency",
+    "50",
+    "--progress-seconds",
+    "2",
+    "--no-cuda",
+]
 
 
 # Task 0's first start stops inside its env step PAUSE_AT (after its save at 700 and its evaluation at 750) until a signal
 # comes, so the requeue finds it mid-run however fast the machine is: the task runs the script through this driver.
 PAUSE_AT = LEARNING_STARTS + EVAL + 1
-PAUSE_DRIVER = """import os, runpy, signal, sys, time
+PAUSE_DRIVER = (
+    """import os, runpy, signal, sys, time
 import gymnasium as gym
 script, args = sys.argv[1], sys.argv[2:]
 run_name = args[args.index("--run-name") + 1]
@@ -206,7 +256,9 @@ if args[args.index("--seed") + 1] == "1" and not os.path.exists(f"runs/{run_name
     signal.signal, gym.vector.SyncVectorEnv.step = noted, paused_step
 sys.argv = [script, *args]
 runpy.run_path(script, run_name="__main__")
-""" % PAUSE_AT
+"""
+    % PAUSE_AT
+)
 
 
 @pytest.mark.slow
@@ -223,13 +275,43 @@ def test_slurm_array_is_requeued_and_resumes(slurm, tmp_path):
     out_dir = tmp_path / "slurm"
     (repo / "pause_driver.py").write_text(PAUSE_DRIVER)
     python = repo / "python"
-    python.write_text(f"#!/bin/sh\nexec {sys.executable} {repo / 'pause_driver.py'} \"$@\"\n")
+    python.write_text(f'#!/bin/sh\nexec {sys.executable} {repo / "pause_driver.py"} "$@"\n')
     python.chmod(0o755)
     write = subprocess.run(
-        [sys.executable, str(repo / "benchmark" / "run.py"), "--scripts", "fmer_continuous.py", "--env-ids",
-         "Pendulum-v1", "--seeds", "1", "2", "--slurm", "--slurm-dir", str(out_dir), "--job-name", "fmertest",
-         "--gpus-per-task", "0", "--cpus-per-task", "1", "--mem", "2G", "--time", "20", "--signal-seconds", "60",
-         "--python", str(python), *TINY], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        [
+            sys.executable,
+            str(repo / "benchmark" / "run.py"),
+            "--scripts",
+            "fmer_continuous.py",
+            "--env-ids",
+            "Pendulum-v1",
+            "--seeds",
+            "1",
+            "2",
+            "--slurm",
+            "--slurm-dir",
+            str(out_dir),
+            "--job-name",
+            "fmertest",
+            "--gpus-per-task",
+            "0",
+            "--cpus-per-task",
+            "1",
+            "--mem",
+            "2G",
+            "--time",
+            "20",
+            "--signal-seconds",
+            "60",
+            "--python",
+            str(python),
+            *TINY,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert write.returncode == 0, write.stderr
     sbatch_file = out_dir / "fmertest.sbatch"
     text = sbatch_file.read_text()
@@ -237,8 +319,9 @@ def test_slurm_array_is_requeued_and_resumes(slurm, tmp_path):
         assert f"#SBATCH {option}\n" in text
     assert "--resume auto --run-name Pendulum-v1__fmer_continuous__1" in text
 
-    submit = subprocess.run(["sbatch", "--parsable", str(sbatch_file)], env=slurm, capture_output=True, text=True,
-                            timeout=60, cwd=tmp_path)
+    submit = subprocess.run(
+        ["sbatch", "--parsable", str(sbatch_file)], env=slurm, capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
     assert submit.returncode == 0, submit.stderr
     job = submit.stdout.strip().split(";")[0]
     outputs = [out_dir / f"fmertest_{job}_{i}.out" for i in (0, 1)]
@@ -255,8 +338,7 @@ def test_slurm_array_is_requeued_and_resumes(slurm, tmp_path):
     # preempt task 0 mid-run: it has learnt, saved its state and evaluated, and waits in step PAUSE_AT for the signal
     wait_for(lambda: (runs[0] / "paused").exists(), 300, f"task 0 to pause at step {PAUSE_AT}", diagnose)
     assert (runs[0] / "state.pt").exists() and last_step(outputs[0]) >= LEARNING_STARTS + EVAL, diagnose()
-    requeue = subprocess.run(["scontrol", "requeue", f"{job}_0"], env=slurm, capture_output=True, text=True,
-                             timeout=60)
+    requeue = subprocess.run(["scontrol", "requeue", f"{job}_0"], env=slurm, capture_output=True, text=True, timeout=60)
     assert requeue.returncode == 0, requeue.stderr
     wait_for(lambda: not squeue(slurm, job), 600, "the array to finish", diagnose)
 
@@ -274,8 +356,11 @@ def test_slurm_array_is_requeued_and_resumes(slurm, tmp_path):
     # the resumed start reopened the run with a SessionLog START past step 0 (purge_step = saved step + 1)
     files = sorted(runs[0].glob("events.out.tfevents.*"))
     assert len(files) == 2, files
-    starts = [event.step for event in EventFileLoader(str(files[1])).Load()
-              if event.HasField("session_log") and event.session_log.status == event.session_log.START]
+    starts = [
+        event.step
+        for event in EventFileLoader(str(files[1])).Load()
+        if event.HasField("session_log") and event.session_log.status == event.session_log.START
+    ]
     assert starts == [int(resumed.group(1)) + 1], (starts, resumed.group(0))
 
     expected = list(range(EVAL, TOTAL + 1, EVAL))
@@ -286,11 +371,23 @@ def test_slurm_array_is_requeued_and_resumes(slurm, tmp_path):
         assert np.isfinite(loaded.values).all()
     groups, notes = summarize.collect(repo / "runs", 0.1)
     assert notes == []
-    assert [(g.exp_name, g.env, g.budget, [r.seed for r in g.runs]) for g in groups] == \
-        [("fmer_continuous", "Pendulum-v1", TOTAL, [1, 2])]
-    summary = subprocess.run([sys.executable, str(repo / "benchmark" / "summarize.py"), "--runs-dir",
-                              str(repo / "runs"), "--out", str(tmp_path / "summary.md"), "--no-plots"],
-                             capture_output=True, text=True, timeout=120)
+    assert [(g.exp_name, g.env, g.budget, [r.seed for r in g.runs]) for g in groups] == [
+        ("fmer_continuous", "Pendulum-v1", TOTAL, [1, 2])
+    ]
+    summary = subprocess.run(
+        [
+            sys.executable,
+            str(repo / "benchmark" / "summarize.py"),
+            "--runs-dir",
+            str(repo / "runs"),
+            "--out",
+            str(tmp_path / "summary.md"),
+            "--no-plots",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert summary.returncode == 0, summary.stderr
     assert "| fmer_continuous | Pendulum-v1 | return | 1, 2 ‡ | 1,500 †" in summary.stdout
     print(f"Slurm array of 2 runs with one requeue: {time.time() - started:.0f} s")
@@ -315,19 +412,35 @@ def test_array_task_passes_signals_on(tmp_path, signal_name, code, requeued):
     run, waits for it to save and exit, and requeues the task itself only after USR1."""
     (tmp_path / "fake.py").write_text(FAKE_RUN)
     python = tmp_path / "python"
-    python.write_text(f"#!/bin/sh\nexec {sys.executable} {tmp_path / 'fake.py'} \"$@\"\n")
+    python.write_text(f'#!/bin/sh\nexec {sys.executable} {tmp_path / "fake.py"} "$@"\n')
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "scontrol").write_text(f"#!/bin/sh\necho \"$@\" > {tmp_path / 'scontrol.args'}\n")
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" > {tmp_path / "scontrol.args"}\n')
     for path in (python, bin_dir / "scontrol"):
         path.chmod(0o755)
-    write = subprocess.run([sys.executable, str(ROOT / "benchmark" / "run.py"), "--scripts", "fmer_continuous.py",
-                            "--env-ids", "Pendulum-v1", "--seeds", "1", "--slurm", "--slurm-dir", str(tmp_path),
-                            "--python", str(python)], capture_output=True, text=True, timeout=60)
+    write = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmark" / "run.py"),
+            "--scripts",
+            "fmer_continuous.py",
+            "--env-ids",
+            "Pendulum-v1",
+            "--seeds",
+            "1",
+            "--slurm",
+            "--slurm-dir",
+            str(tmp_path),
+            "--python",
+            str(python),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert write.returncode == 0, write.stderr
     env = dict(os.environ, SLURM_ARRAY_TASK_ID="0", SLURM_JOB_ID="4242", PATH=f"{bin_dir}:{os.environ['PATH']}")
-    task = subprocess.Popen(["bash", str(tmp_path / "fmer_continuous.sbatch")], env=env, stdout=subprocess.PIPE,
-                            text=True)
+    task = subprocess.Popen(["bash", str(tmp_path / "fmer_continuous.sbatch")], env=env, stdout=subprocess.PIPE, text=True)
     assert "array task 0" in task.stdout.readline()
     assert task.stdout.readline() == "started\n"
     task.send_signal(getattr(signal, f"SIG{signal_name}"))
@@ -339,9 +452,24 @@ def test_array_task_passes_signals_on(tmp_path, signal_name, code, requeued):
 
 
 def test_slurm_flags_of_a_task_are_not_pass_through(tmp_path):
-    write = subprocess.run([sys.executable, str(ROOT / "benchmark" / "run.py"), "--scripts", "fmer_continuous.py",
-                            "--seeds", "1", "--slurm", "--slurm-dir", str(tmp_path), "--run-name", "x"],
-                           capture_output=True, text=True, timeout=60)
+    write = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmark" / "run.py"),
+            "--scripts",
+            "fmer_continuous.py",
+            "--seeds",
+            "1",
+            "--slurm",
+            "--slurm-dir",
+            str(tmp_path),
+            "--run-name",
+            "x",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert write.returncode != 0 and "--run-name is set per array task" in write.stderr
 
 

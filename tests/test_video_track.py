@@ -1,6 +1,7 @@
 """--capture-video and --track as a user runs them: a real headless MuJoCo render (OSMesa) read back from the
 MP4, one line on stderr for a missing OpenGL back end or a missing wandb, and an offline W&B run that holds the
 synced tensorboard metrics and continues on --resume."""
+
 import ctypes.util
 import importlib.util
 import os
@@ -14,9 +15,27 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 WANDB_PIN = "wandb==0.31.0"  # the version the scripts' install line names
-TINY = ["--learning-starts", "50", "--total-timesteps", "60", "--eval-frequency", "60", "--eval-episodes", "1",
-        "--hidden-dim", "32", "--batch-size", "16", "--num-candidates", "4", "--ode-steps", "2", "--log-frequency", "10",
-        "--no-cuda"]
+TINY = [
+    "--learning-starts",
+    "50",
+    "--total-timesteps",
+    "60",
+    "--eval-frequency",
+    "60",
+    "--eval-episodes",
+    "1",
+    "--hidden-dim",
+    "32",
+    "--batch-size",
+    "16",
+    "--num-candidates",
+    "4",
+    "--ode-steps",
+    "2",
+    "--log-frequency",
+    "10",
+    "--no-cuda",
+]
 
 
 def run(script: str, args: list[str], cwd: Path, **env_changes) -> subprocess.CompletedProcess:
@@ -27,16 +46,21 @@ def run(script: str, args: list[str], cwd: Path, **env_changes) -> subprocess.Co
             env.pop(name, None)
         else:
             env[name] = value
-    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=600, env=env, check=False)
+    return subprocess.run(
+        [sys.executable, str(ROOT / script), *args], cwd=cwd, capture_output=True, text=True, timeout=600, env=env, check=False
+    )
 
 
 @pytest.fixture(scope="module")
 def osmesa():
     """The OSMesa library, installed with apt-get (as .ci/run does) where it is missing and we may."""
     if ctypes.util.find_library("OSMesa") is None and shutil.which("apt-get") and os.geteuid() == 0:
-        subprocess.run("apt-get install -y -qq libosmesa6 || (apt-get update -qq && apt-get install -y -qq libosmesa6)",
-                       shell=True, capture_output=True, check=False)
+        subprocess.run(
+            "apt-get install -y -qq libosmesa6 || (apt-get update -qq && apt-get install -y -qq libosmesa6)",
+            shell=True,
+            capture_output=True,
+            check=False,
+        )
     if ctypes.util.find_library("OSMesa") is None:
         pytest.skip("no OSMesa library for a headless render: apt-get install libosmesa6")
 
@@ -55,8 +79,12 @@ def test_capture_video_records_the_eval_episode_headless(tmp_path, osmesa):
     import imageio.v3 as iio
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    proc = run("fmer_continuous.py", ["--env-id", "Hopper-v5", "--run-name", "video", "--capture-video", *TINY], tmp_path,
-               MUJOCO_GL="osmesa")
+    proc = run(
+        "fmer_continuous.py",
+        ["--env-id", "Hopper-v5", "--run-name", "video", "--capture-video", *TINY],
+        tmp_path,
+        MUJOCO_GL="osmesa",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sorted(p.name for p in (tmp_path / "videos" / "video").iterdir()) == ["eval_step00000060.mp4"]
     frames = iio.imread(tmp_path / "videos" / "video" / "eval_step00000060.mp4").astype(np.float32)  # [T, H, W, 3]
@@ -79,16 +107,24 @@ def test_capture_video_without_an_opengl_back_end_is_one_line(tmp_path, script):
     line = proc.stderr.strip()
     assert "\n" not in line and "Traceback" not in line, proc.stderr
     assert line.startswith("error: --capture-video cannot render with MUJOCO_GL=glfw")
-    for advice in ("MUJOCO_GL=egl on a GPU machine", "MUJOCO_GL=osmesa on a CPU one", "apt-get install libosmesa6",
-                   "run without --capture-video"):
+    for advice in (
+        "MUJOCO_GL=egl on a GPU machine",
+        "MUJOCO_GL=osmesa on a CPU one",
+        "apt-get install libosmesa6",
+        "run without --capture-video",
+    ):
         assert advice in line
     assert not (tmp_path / "runs").exists()  # it stops before the run starts
 
 
 @pytest.mark.slow
 def test_track_offline_syncs_the_tensorboard_log_and_resumes_the_same_run(tmp_path, wandb_installed):
-    proc = run("fmer_continuous.py", ["--env-id", "Pendulum-v1", "--run-name", "tracked", "--track", *TINY], tmp_path,
-               WANDB_MODE="offline")
+    proc = run(
+        "fmer_continuous.py",
+        ["--env-id", "Pendulum-v1", "--run-name", "tracked", "--track", *TINY],
+        tmp_path,
+        WANDB_MODE="offline",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     (first,) = (tmp_path / "wandb").glob("offline-run-*-tracked")  # the W&B run id is the run name
     synced = b"".join(p.read_bytes() for p in first.glob("*.wandb"))
@@ -96,8 +132,12 @@ def test_track_offline_syncs_the_tensorboard_log_and_resumes_the_same_run(tmp_pa
         assert tag in synced, tag
     assert b"Pendulum-v1" in synced and b"wandb_project_name" in synced  # config=vars(args)
     # --track is free on resume (the run does not change); the resumed process logs to the same W&B run id
-    proc = run("fmer_continuous.py", ["--resume", "runs/tracked", "--total-timesteps", "80", "--track"], tmp_path,
-               WANDB_MODE="offline")
+    proc = run(
+        "fmer_continuous.py",
+        ["--resume", "runs/tracked", "--total-timesteps", "80", "--track"],
+        tmp_path,
+        WANDB_MODE="offline",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = sorted((tmp_path / "wandb").glob("offline-run-*-tracked"))
     assert len(runs) == 2 and b"eval/episodic_return" in b"".join(p.read_bytes() for p in runs[1].glob("*.wandb"))

@@ -10,6 +10,7 @@
 
 python docs/multigoal/mode_probe.py CHECKPOINT [CHECKPOINT ...]   (run from the repository root)
 """
+
 import math
 import sys
 from pathlib import Path
@@ -51,8 +52,10 @@ def entropy_at(actor, states: np.ndarray, num_candidates: int, ode_steps: int, r
 
 
 def main(paths: list[str]) -> None:
-    print("checkpoint | step | samples at origin r/l/u/d | Q at origin r/l/u/d | Q spread / beta | "
-          "H_hat origin | H_hat visited states | alpha | beta")
+    print(
+        "checkpoint | step | samples at origin r/l/u/d | Q at origin r/l/u/d | Q spread / beta | "
+        "H_hat origin | H_hat visited states | alpha | beta"
+    )
     for path in paths:
         torch.manual_seed(0)
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
@@ -69,9 +72,12 @@ def main(paths: list[str]) -> None:
         visited = np.concatenate([p[:-1] for p in sample_paths])
         h_origin = entropy_at(actor, np.zeros((64, 2)), a["num_candidates"], a["ode_steps"])
         h_visited = entropy_at(actor, visited, a["num_candidates"], a["ode_steps"], repeats=1)
-        print(f"{path} | {checkpoint.get('step', '?')} | {'/'.join(f'{s:.2f}' for s in shares)} | "
-              f"{'/'.join(f'{v:.1f}' for v in q)} | {(q.max() - q.min()) / beta:.1f} | {h_origin:.2f} | {h_visited:.2f} | "
-              f"{alpha:.3f} | {beta:.3f}", flush=True)
+        print(
+            f"{path} | {checkpoint.get('step', '?')} | {'/'.join(f'{s:.2f}' for s in shares)} | "
+            f"{'/'.join(f'{v:.1f}' for v in q)} | {(q.max() - q.min()) / beta:.1f} | {h_origin:.2f} | {h_visited:.2f} | "
+            f"{alpha:.3f} | {beta:.3f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":
