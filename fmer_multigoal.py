@@ -42,7 +42,7 @@ class Args:
     cudagraphs: bool = False
     """replay the update and act functions as CUDA graphs (ours, as LeanRL; CUDA only; add --compile for full speed)"""
     save_model: bool = False
-    """save a checkpoint at every evaluation (also kept as {exp_name}_{step}.fmer_model), at the end, on Ctrl-C or a crash"""
+    """save a checkpoint at every evaluation (and keep a copy per step), at the end, and on a stop signal or a crash"""
     run_name: str | None = None
     """the run's folder under runs/ (default: {env_id}__{exp_name}__{seed}__{unix time}); --resume auto finds it by name"""
     resume: str | None = None
@@ -143,7 +143,7 @@ class MultiGoalEnv(gym.Env):
         return self.position.astype(np.float32), float(reward), terminated, False, {}
 
 
-def make_env(max_episode_steps: int, seed: int):
+def make_env(max_episode_steps: int):
     def thunk():
         env = gym.wrappers.TimeLimit(MultiGoalEnv(), max_episode_steps)
         env = gym.wrappers.RecordEpisodeStatistics(env)
@@ -152,13 +152,14 @@ def make_env(max_episode_steps: int, seed: int):
     return thunk
 
 
-def make_vector_env(max_episode_steps: int, num_envs: int, seed: int) -> gym.vector.SyncVectorEnv:
-    # SAME_STEP autoreset: the next observation of an ended episode is the reset one, its true last one is in infos.
-    thunks = [make_env(max_episode_steps, seed + i) for i in range(num_envs)]
+def make_vector_env(max_episode_steps: int, num_envs: int) -> gym.vector.SyncVectorEnv:
+    # envs.reset(seed=s) seeds env i with s + i. SAME_STEP autoreset: the next observation of an ended episode is the
+    # reset one, its true last one is in infos.
+    thunks = [make_env(max_episode_steps) for _ in range(num_envs)]
     return gym.vector.SyncVectorEnv(thunks, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
 
 
-# ==== FMER: the networks, one function per equation, the updates and the evaluation ====
+# ==== FMER: the networks, one function per equation, the updates, the evaluation and the replay buffer ====
 
 
 def mish_with_derivative(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -315,9 +316,7 @@ def tanh_gaussian_entropy_per_dim() -> float:
 H_A0_PER_DIM = tanh_gaussian_entropy_per_dim()
 
 
-def flow_losses(
-    velocity: VelocityField, obs: torch.Tensor, u: torch.Tensor, weights: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
+def flow_losses(velocity: VelocityField, obs: torch.Tensor, u: torch.Tensor, weights: torch.Tensor) -> tuple:
     """The WCFM loss (Eq. 11) and the absolute action-space entropy estimate H_hat (Eq. 15-17), from one forward pass
     on the OT path x_t = (1 - t) x0 + t u_i through the K candidates u [B, K, act_dim] of each state.
 
@@ -401,6 +400,14 @@ def update_actor(obs, actor, critic, actor_opt, log_alpha, alpha_opt, log_beta, 
         "charts/ess": ess.mean(),
         "charts/entropy": entropy.detach(),
     }
+
+
+def finished_episodes(infos: dict) -> list[tuple[int, float, int]]:
+    """(env index, return, length) of each episode that ended on this vector step."""
+    if "final_info" not in infos or "_episode" not in infos["final_info"]:
+        return []
+    episode = infos["final_info"]["episode"]
+    return [(int(i), float(episode["r"][i]), int(episode["l"][i])) for i in np.flatnonzero(infos["final_info"]["_episode"])]
 
 
 def evaluate(actor, critic, envs, action_scale, action_bias, num_candidates, num_steps, device):
@@ -537,14 +544,6 @@ class ReplayBuffer:
         self.pos = state["pos"] if self.size == self.capacity else self.size
 
 
-def finished_episodes(infos: dict) -> list[tuple[int, float, int]]:
-    """(env index, return, length) of each episode that ended on this vector step."""
-    if "final_info" not in infos or "_episode" not in infos["final_info"]:
-        return []
-    episode = infos["final_info"]["episode"]
-    return [(int(i), float(episode["r"][i]), int(episode["l"][i])) for i in np.flatnonzero(infos["final_info"]["_episode"])]
-
-
 def true_next_obs(next_obs: np.ndarray, infos: dict) -> np.ndarray:
     """With SAME_STEP autoreset, next_obs of an env whose episode just ended is already the reset
     observation; the true last one is infos["final_obs"]."""
@@ -620,14 +619,15 @@ def load_optimizer(optimizer: torch.optim.Optimizer, saved: dict, capturable: bo
     for group, lr in zip(optimizer.param_groups, lrs):
         if isinstance(lr, torch.Tensor):
             group["lr"] = lr.copy_(torch.as_tensor(group["lr"]))  # the tensor a compiled or captured step reads
-        group["capturable"] = capturable  # this run's, with the step counts where it needs them
+        group["capturable"] = capturable  # this run's (a CUDA run saves True), and the step counts where it wants them
         for param in group["params"]:
             if "step" in optimizer.state.get(param, {}):
                 step = optimizer.state[param]["step"]
                 optimizer.state[param]["step"] = step.to(param.device if capturable else "cpu", torch.float32)
 
 
-# The flags a resumed run may change, since they do not change the run (--total-timesteps only up).
+# The flags a resumed run may give anew. --total-timesteps may only rise (the schedules stretch to the new total);
+# --cuda and --compile change float rounding, so the run is then the same only up to it.
 RESUME_MAY_CHANGE = "resume cuda compile cudagraphs progress_seconds total_timesteps track".split()
 
 
@@ -644,8 +644,9 @@ def resolve_run(args: Args) -> tuple[Args, dict | None, str]:
         return args, None, f"runs/{args.run_name}"
     state_path = os.path.join(args.resume, "state.pt") if os.path.isdir(args.resume) else args.resume
     state = load_file(state_path, "training state", {"script", "args", "counters"})
-    if not isinstance(state["counters"], dict):
-        sys.exit(f"error: {state_path} was saved by an older {SCRIPT} (counters as a tuple): resume it with that version")
+    if not isinstance(state["counters"], dict):  # saved before 2026-12-01: a tuple, with three schedule points
+        step, updates, _, _, _, last_return, model_step = state["counters"]
+        state["counters"] = dict(global_step=step, num_updates=updates, last_return=last_return, model_step=model_step)
     saved, defaults = state["args"], Args()
     for name, value in vars(args).items():
         if name not in RESUME_MAY_CHANGE and value != getattr(defaults, name) and value != saved[name]:
@@ -659,7 +660,7 @@ def resolve_run(args: Args) -> tuple[Args, dict | None, str]:
 
 
 def training_state(
-    args, learner: dict, optimizers: list, rb, metrics, counters, obs, rng, envs, eval_envs, sample_envs, device
+    args, learner: dict, optimizers: list, rb, metrics, counters, rng, envs, eval_envs, sample_envs, device
 ) -> dict:
     """Everything a run needs to continue exactly, as state_dicts, tensors and numbers (the RNG of this GPU only)."""
     cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
@@ -672,7 +673,6 @@ def training_state(
         "replay_buffer": rb.state_dict(),
         "metrics": metrics,
         "counters": counters,
-        "obs": torch.as_tensor(obs),
         "rng": rngs,
         "env_rngs": [env.rng_state or env.rng().bit_generator.state for env in envs.envs],  # see RememberResetRNG
         "eval_env_rngs": [env.rng().bit_generator.state for env in [*eval_envs.envs, *sample_envs.envs]],
@@ -702,27 +702,22 @@ def restore_training_state(
     return {name: value.to(device) for name, value in state["metrics"].items()}
 
 
-def evaluate_checkpoint(args: Args, device: torch.device) -> None:
-    """--eval-only: evaluate --checkpoint (its width, K and N) for --eval-episodes episodes, print, exit."""
+def read_checkpoint(args: Args) -> dict:
+    """--eval-only: the --checkpoint file, whose width, K and N replace the flags'."""
     checkpoint = load_file(args.checkpoint, "checkpoint", {"actor", "critic", "args"})
     for name in ("hidden_dim", "num_candidates", "ode_steps"):
         setattr(args, name, checkpoint["args"][name])
-    env = MultiGoalEnv()
-    action_space, observation_space = env.action_space, env.observation_space
-    obs_dim, act_dim = observation_space.shape[0], action_space.shape[0]
-    actor = VelocityField(obs_dim, act_dim, args.hidden_dim).to(device)
-    critic = TwinQ(obs_dim, act_dim, args.hidden_dim).to(device)
+    return checkpoint
+
+
+def evaluate_checkpoint(args: Args, checkpoint: dict, actor, critic, eval_envs, sample_envs, scale, bias, device) -> None:
+    """--eval-only: the checkpoint's policy for --eval-episodes episodes, printed; then exit."""
     try:
         actor.load_state_dict(checkpoint["actor"])
         critic.load_state_dict(checkpoint["critic"])
     except RuntimeError as e:
         sys.exit(f"error: {args.checkpoint} does not fit this env: {str(e).splitlines()[0]}")
-    envs = make_vector_env(args.max_episode_steps, args.eval_episodes, args.seed + 10_000)
-    sample_envs = make_vector_env(args.max_episode_steps, args.eval_episodes, args.seed + 10_000)
-    envs.reset(seed=args.seed + 10_000)
-    sample_envs.reset(seed=args.seed + 10_000)
-    scale, bias = (action_space.high - action_space.low) / 2.0, (action_space.high + action_space.low) / 2.0
-    result = evaluate_modes(actor, critic, envs, sample_envs, scale, bias, args.num_candidates, args.ode_steps, device)
+    result = evaluate_modes(actor, critic, eval_envs, sample_envs, scale, bias, args.num_candidates, args.ode_steps, device)
     returns = result["returns"]
     summary = f"eval return {returns.mean():.2f} +- {returns.std():.2f} over {len(returns)} episodes"
     print(f"{args.checkpoint}: {summary} (mean length {result['lengths'].mean():.0f}); {describe_modes(result)}")
@@ -738,10 +733,8 @@ def check_args(args: Args, device: torch.device) -> None:
         sys.exit(f"error: --ess-target must lie in [1, --num-candidates={args.num_candidates}]")
     if not (args.alpha_init > 0.0 and args.beta_init > 0.0):
         sys.exit(f"error: --alpha-init and --beta-init must be positive, got {args.alpha_init} and {args.beta_init}")
-    if args.checkpoint is not None and not args.eval_only:
-        sys.exit("error: --checkpoint is only read with --eval-only")
-    if args.eval_only and args.checkpoint is None:
-        sys.exit("error: --eval-only needs --checkpoint PATH")
+    if args.eval_only != (args.checkpoint is not None):
+        sys.exit("error: --eval-only and --checkpoint PATH go together (evaluate that checkpoint, then exit)")
     if args.cudagraphs and device.type != "cuda":
         sys.exit("error: --cudagraphs needs a CUDA device (try --compile alone)")
 
@@ -775,7 +768,8 @@ def progress_line(args: Args, step: int, sps: float, last_return: float) -> str:
 
 class CudaGraphFunction:
     """fn(*tensors) replayed as one CUDA graph (ours, LeanRL's). WARMUP_CALLS eager calls on a side stream, then one that
-    captures; later calls copy their inputs into the captured ones and replay (outputs are overwritten by the next)."""
+    captures; later calls copy their inputs into the captured ones and replay (outputs are overwritten by the next).
+    fn must keep its shapes from call to call."""
 
     WARMUP_CALLS = 3
 
@@ -809,6 +803,7 @@ if __name__ == "__main__":
         args.ess_target = default_ess_target(args.num_candidates)
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
     check_args(args, device)
+    checkpoint = read_checkpoint(args) if args.eval_only else None
     if args.cuda and device.type == "cpu":
         print("CUDA is not available: running on CPU")
 
@@ -816,20 +811,22 @@ if __name__ == "__main__":
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
-    if args.eval_only:
-        evaluate_checkpoint(args, device)  # prints the evaluation and exits
 
     env = MultiGoalEnv()
     action_space, observation_space = env.action_space, env.observation_space
     obs_dim, act_dim = observation_space.shape[0], action_space.shape[0]
-    action_scale = (action_space.high - action_space.low) / 2.0
-    action_bias = (action_space.high + action_space.low) / 2.0
-    envs = make_vector_env(args.max_episode_steps, args.num_envs, args.seed)
+    action_scale, action_bias = (action_space.high - action_space.low) / 2.0, (action_space.high + action_space.low) / 2.0
     # Seeded alike: best-of-K and one-sample episodes start from the same states. evaluate() continues the RNGs.
-    eval_envs = make_vector_env(args.max_episode_steps, args.eval_episodes, args.seed + 10_000)
-    sample_envs = make_vector_env(args.max_episode_steps, args.eval_episodes, args.seed + 10_000)
+    eval_envs = make_vector_env(args.max_episode_steps, args.eval_episodes)
+    sample_envs = make_vector_env(args.max_episode_steps, args.eval_episodes)
     eval_envs.reset(seed=args.seed + 10_000)
     sample_envs.reset(seed=args.seed + 10_000)
+    actor = VelocityField(obs_dim, act_dim, args.hidden_dim).to(device)
+    critic = TwinQ(obs_dim, act_dim, args.hidden_dim).to(device)
+    if checkpoint is not None:
+        evaluate_checkpoint(args, checkpoint, actor, critic, eval_envs, sample_envs, action_scale, action_bias, device)
+
+    envs = make_vector_env(args.max_episode_steps, args.num_envs)
     if args.track:
         start_tracking(args)
     # A resumed run appends to the same log; TensorBoard drops what the stopped run logged after its save
@@ -840,15 +837,13 @@ if __name__ == "__main__":
     writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}", start_step)
     model_path, state_path = f"{run_dir}/{args.exp_name}.fmer_model", f"{run_dir}/state.pt"
 
-    actor = VelocityField(obs_dim, act_dim, args.hidden_dim).to(device)
-    critic = TwinQ(obs_dim, act_dim, args.hidden_dim).to(device)
     target_critic = TwinQ(obs_dim, act_dim, args.hidden_dim).to(device)
     target_critic.load_state_dict(critic.state_dict())
     log_alpha = torch.tensor(math.log(args.alpha_init), device=device, requires_grad=True)
     log_beta = torch.tensor(math.log(args.beta_init), device=device, requires_grad=True)
     # Learning rate and target entropy are device tensors changed in place: a compiled or captured update reads them.
-    # On CUDA, Adam's step counts live on the device (capturable), as CUDA graphs need and as foreach Adam (CUDA's
-    # default) needs for a tensor learning rate; it costs a few tiny kernels.
+    # On CUDA, Adam's step counts live on the device (capturable): CUDA graphs need it, and so does foreach Adam (CUDA's
+    # default) for a tensor learning rate. It costs a few tiny kernels.
     capturable = device.type == "cuda"
     warnings.filterwarnings("ignore", message=".*capturable=True can impair performance")
     actor_lr = torch.tensor(args.actor_lr, device=device)
@@ -889,9 +884,7 @@ if __name__ == "__main__":
 
     def save_training_state():
         counters = dict(global_step=global_step, num_updates=num_updates, last_return=last_return, model_step=model_step)
-        saved = training_state(
-            args, learner, optimizers, rb, metrics, counters, obs, rng, envs, eval_envs, sample_envs, device
-        )
+        saved = training_state(args, learner, optimizers, rb, metrics, counters, rng, envs, eval_envs, sample_envs, device)
         save_atomically(saved, state_path)
 
     print(f"{run_dir}: {args.total_timesteps} steps on {device}, random actions until step {args.learning_starts}", flush=True)

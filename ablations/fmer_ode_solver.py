@@ -45,7 +45,7 @@ class Args:
     cudagraphs: bool = False
     """replay the update and act functions as CUDA graphs (ours, as LeanRL; CUDA only; add --compile for full speed)"""
     save_model: bool = False
-    """save a checkpoint at every evaluation, at the end, and on Ctrl-C or a crash"""
+    """save a checkpoint at every evaluation, at the end, and on a stop signal or a crash"""
     run_name: str | None = None
     """the run's folder under runs/ (default: {env_id}__{exp_name}__{seed}__{unix time}); --resume auto finds it by name"""
     resume: str | None = None
@@ -116,7 +116,7 @@ class Args:
     """the number of evaluation episodes, run on a separate env"""
 
 
-def make_env(env_id: str, seed: int, render: bool = False):
+def make_env(env_id: str, render: bool = False):
     def thunk():
         env = gym.make(env_id, render_mode="rgb_array" if render else None)
         env = gym.wrappers.RecordEpisodeStatistics(env)
@@ -125,13 +125,14 @@ def make_env(env_id: str, seed: int, render: bool = False):
     return thunk
 
 
-def make_vector_env(env_id: str, num_envs: int, seed: int, render: bool = False) -> gym.vector.SyncVectorEnv:
-    # SAME_STEP autoreset: the next observation of an ended episode is the reset one, its true last one is in infos.
-    thunks = [make_env(env_id, seed + i, render) for i in range(num_envs)]
+def make_vector_env(env_id: str, num_envs: int, render: bool = False) -> gym.vector.SyncVectorEnv:
+    # envs.reset(seed=s) seeds env i with s + i. SAME_STEP autoreset: the next observation of an ended episode is the
+    # reset one, its true last one is in infos.
+    thunks = [make_env(env_id, render) for _ in range(num_envs)]
     return gym.vector.SyncVectorEnv(thunks, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
 
 
-# ==== FMER: the networks, one function per equation, the updates and the evaluation ====
+# ==== FMER: the networks, one function per equation, the updates, the evaluation and the replay buffer ====
 
 
 def mish_with_derivative(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -305,9 +306,7 @@ def tanh_gaussian_entropy_per_dim() -> float:
 H_A0_PER_DIM = tanh_gaussian_entropy_per_dim()
 
 
-def flow_losses(
-    velocity: VelocityField, obs: torch.Tensor, u: torch.Tensor, weights: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
+def flow_losses(velocity: VelocityField, obs: torch.Tensor, u: torch.Tensor, weights: torch.Tensor) -> tuple:
     """The WCFM loss (Eq. 11) and the absolute action-space entropy estimate H_hat (Eq. 15-17), from one forward pass
     on the OT path x_t = (1 - t) x0 + t u_i through the K candidates u [B, K, act_dim] of each state.
 
@@ -395,6 +394,14 @@ def update_actor(
     }
 
 
+def finished_episodes(infos: dict) -> list[tuple[int, float, int]]:
+    """(env index, return, length) of each episode that ended on this vector step."""
+    if "final_info" not in infos or "_episode" not in infos["final_info"]:
+        return []
+    episode = infos["final_info"]["episode"]
+    return [(int(i), float(episode["r"][i]), int(episode["l"][i])) for i in np.flatnonzero(infos["final_info"]["_episode"])]
+
+
 def evaluate(actor, critic, envs, action_scale, action_bias, num_candidates, num_steps, device, solver, frames=None):
     """One episode per env with the best-of-K rule -> (returns, lengths); a list `frames` gets env 0's images."""
     obs, _ = envs.reset()
@@ -452,14 +459,6 @@ class ReplayBuffer:
             getattr(self, name)[: state["size"]] = state[name]
         self.size = state["size"]  # a raised --total-timesteps can enlarge an unwrapped buffer: append after it
         self.pos = state["pos"] if self.size == self.capacity else self.size
-
-
-def finished_episodes(infos: dict) -> list[tuple[int, float, int]]:
-    """(env index, return, length) of each episode that ended on this vector step."""
-    if "final_info" not in infos or "_episode" not in infos["final_info"]:
-        return []
-    episode = infos["final_info"]["episode"]
-    return [(int(i), float(episode["r"][i]), int(episode["l"][i])) for i in np.flatnonzero(infos["final_info"]["_episode"])]
 
 
 def add_vector_step(rb: ReplayBuffer, obs, actions, next_obs, rewards, terminations, infos) -> None:
@@ -531,14 +530,15 @@ def load_optimizer(optimizer: torch.optim.Optimizer, saved: dict, capturable: bo
     for group, lr in zip(optimizer.param_groups, lrs):
         if isinstance(lr, torch.Tensor):
             group["lr"] = lr.copy_(torch.as_tensor(group["lr"]))  # the tensor a compiled or captured step reads
-        group["capturable"] = capturable  # this run's, with the step counts where it needs them
+        group["capturable"] = capturable  # this run's (a CUDA run saves True), and the step counts where it wants them
         for param in group["params"]:
             if "step" in optimizer.state.get(param, {}):
                 step = optimizer.state[param]["step"]
                 optimizer.state[param]["step"] = step.to(param.device if capturable else "cpu", torch.float32)
 
 
-# The flags a resumed run may change, since they do not change the run (--total-timesteps only up).
+# The flags a resumed run may give anew. --total-timesteps may only rise (the schedules stretch to the new total);
+# --cuda and --compile change float rounding, so the run is then the same only up to it.
 RESUME_MAY_CHANGE = "resume cuda compile cudagraphs progress_seconds total_timesteps track capture_video".split()
 
 
@@ -555,8 +555,9 @@ def resolve_run(args: Args) -> tuple[Args, dict | None, str]:
         return args, None, f"runs/{args.run_name}"
     state_path = os.path.join(args.resume, "state.pt") if os.path.isdir(args.resume) else args.resume
     state = load_file(state_path, "training state", {"script", "args", "counters"})
-    if not isinstance(state["counters"], dict):
-        sys.exit(f"error: {state_path} was saved by an older {SCRIPT} (counters as a tuple): resume it with that version")
+    if not isinstance(state["counters"], dict):  # saved before 2026-12-01: a tuple, with three schedule points
+        step, updates, _, _, _, last_return, model_step = state["counters"]
+        state["counters"] = dict(global_step=step, num_updates=updates, last_return=last_return, model_step=model_step)
     saved, defaults = state["args"], Args()
     for name, value in vars(args).items():
         if name not in RESUME_MAY_CHANGE and value != getattr(defaults, name) and value != saved[name]:
@@ -569,7 +570,7 @@ def resolve_run(args: Args) -> tuple[Args, dict | None, str]:
     return args, state, os.path.dirname(state_path) or "."
 
 
-def training_state(args, learner: dict, optimizers: list, rb, metrics, counters, obs, rng, envs, eval_envs, device) -> dict:
+def training_state(args, learner: dict, optimizers: list, rb, metrics, counters, rng, envs, eval_envs, device) -> dict:
     """Everything a run needs to continue exactly, as state_dicts, tensors and numbers (the RNG of this GPU only)."""
     cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
     rngs = {"python": random.getstate(), "numpy": rng.bit_generator.state, "torch": torch.get_rng_state(), "cuda": cuda_rng}
@@ -581,7 +582,6 @@ def training_state(args, learner: dict, optimizers: list, rb, metrics, counters,
         "replay_buffer": rb.state_dict(),
         "metrics": metrics,
         "counters": counters,
-        "obs": torch.as_tensor(obs),
         "rng": rngs,
         "env_rngs": [env.rng_state or env.rng().bit_generator.state for env in envs.envs],  # see RememberResetRNG
         "eval_env_rngs": [env.rng().bit_generator.state for env in eval_envs.envs],
@@ -609,34 +609,34 @@ def restore_training_state(state: dict, learner: dict, optimizers: list, rb, rng
     return {name: value.to(device) for name, value in state["metrics"].items()}
 
 
-def evaluate_checkpoint(args: Args, device: torch.device) -> None:
-    """--eval-only: evaluate --checkpoint (its env, width, K and N) for --eval-episodes episodes, print, exit."""
+def read_checkpoint(args: Args) -> dict:
+    """--eval-only: the --checkpoint file, whose env, width, K and N replace the flags'."""
     checkpoint = load_file(args.checkpoint, "checkpoint", {"actor", "critic", "args"})
     if "env_id" not in checkpoint["args"]:
         sys.exit(f"error: {args.checkpoint} names no env id (saved by another script, e.g. fmer_kitchen.py)")
     for name in ("env_id", "hidden_dim", "num_candidates", "ode_steps"):
         setattr(args, name, checkpoint["args"][name])
     args.solver = checkpoint["args"].get("solver", "euler")  # the parent's checkpoints sampled with Euler
-    action_space, observation_space = check_env(args.env_id)
-    obs_dim, act_dim = observation_space.shape[0], action_space.shape[0]
-    actor = VelocityField(obs_dim, act_dim, args.hidden_dim).to(device)
-    critic = TwinQ(obs_dim, act_dim, args.hidden_dim).to(device)
+    return checkpoint
+
+
+def evaluate_checkpoint(args: Args, checkpoint: dict, actor, critic, eval_envs, scale, bias, device) -> None:
+    """--eval-only: the checkpoint's policy for --eval-episodes episodes, printed; then exit."""
     try:
         actor.load_state_dict(checkpoint["actor"])
         critic.load_state_dict(checkpoint["critic"])
     except RuntimeError as e:
         sys.exit(f"error: {args.checkpoint} does not fit {args.env_id}: {str(e).splitlines()[0]}")
-    envs = make_vector_env(args.env_id, args.eval_episodes, args.seed + 10_000)
-    envs.reset(seed=args.seed + 10_000)
-    scale, bias = (action_space.high - action_space.low) / 2.0, (action_space.high + action_space.low) / 2.0
-    returns, lengths = evaluate(actor, critic, envs, scale, bias, args.num_candidates, args.ode_steps, device, args.solver)
+    returns, lengths = evaluate(
+        actor, critic, eval_envs, scale, bias, args.num_candidates, args.ode_steps, device, args.solver
+    )
     summary = f"eval return {returns.mean():.2f} +- {returns.std():.2f} over {len(returns)} episodes"
     print(f"{args.checkpoint} on {args.env_id}: {summary} (mean length {lengths.mean():.0f})")
     sys.exit(0)
 
 
 def check_env(env_id: str) -> tuple[gym.spaces.Box, gym.spaces.Space]:
-    """Exit with one line unless env_id names a gymnasium env with a finite Box action space."""
+    """Exit with one line unless env_id names a gymnasium env with finite Box actions and flat Box observations."""
     try:
         env = gym.make(env_id)
     except gym.error.Error as e:
@@ -661,10 +661,8 @@ def check_args(args: Args, device: torch.device) -> None:
         sys.exit(f"error: --ess-target must lie in [1, --num-candidates={args.num_candidates}]")
     if not (args.alpha_init > 0.0 and args.beta_init > 0.0):
         sys.exit(f"error: --alpha-init and --beta-init must be positive, got {args.alpha_init} and {args.beta_init}")
-    if args.checkpoint is not None and not args.eval_only:
-        sys.exit("error: --checkpoint is only read with --eval-only")
-    if args.eval_only and args.checkpoint is None:
-        sys.exit("error: --eval-only needs --checkpoint PATH")
+    if args.eval_only != (args.checkpoint is not None):
+        sys.exit("error: --eval-only and --checkpoint PATH go together (evaluate that checkpoint, then exit)")
     if args.cudagraphs and device.type != "cuda":
         sys.exit("error: --cudagraphs needs a CUDA device (try --compile alone)")
 
@@ -713,7 +711,8 @@ def progress_line(args: Args, step: int, sps: float, last_return: float) -> str:
 
 class CudaGraphFunction:
     """fn(*tensors) replayed as one CUDA graph (ours, LeanRL's). WARMUP_CALLS eager calls on a side stream, then one that
-    captures; later calls copy their inputs into the captured ones and replay (outputs are overwritten by the next)."""
+    captures; later calls copy their inputs into the captured ones and replay (outputs are overwritten by the next).
+    fn must keep its shapes from call to call."""
 
     WARMUP_CALLS = 3
 
@@ -747,6 +746,7 @@ if __name__ == "__main__":
         args.ess_target = default_ess_target(args.num_candidates)
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
     check_args(args, device)
+    checkpoint = read_checkpoint(args) if args.eval_only else None
     if args.cuda and device.type == "cpu":
         print("CUDA is not available: running on CPU")
 
@@ -754,16 +754,18 @@ if __name__ == "__main__":
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
-    if args.eval_only:
-        evaluate_checkpoint(args, device)  # prints the evaluation and exits
 
     action_space, observation_space = check_env(args.env_id)
     obs_dim, act_dim = observation_space.shape[0], action_space.shape[0]
-    action_scale = (action_space.high - action_space.low) / 2.0
-    action_bias = (action_space.high + action_space.low) / 2.0
-    envs = make_vector_env(args.env_id, args.num_envs, args.seed)
-    eval_envs = make_vector_env(args.env_id, args.eval_episodes, args.seed + 10_000, args.capture_video)
+    action_scale, action_bias = (action_space.high - action_space.low) / 2.0, (action_space.high + action_space.low) / 2.0
+    eval_envs = make_vector_env(args.env_id, args.eval_episodes, args.capture_video)
     eval_envs.reset(seed=args.seed + 10_000)  # seeds the eval envs' RNGs once; evaluate() continues them
+    actor = VelocityField(obs_dim, act_dim, args.hidden_dim).to(device)
+    critic = TwinQ(obs_dim, act_dim, args.hidden_dim).to(device)
+    if checkpoint is not None:
+        evaluate_checkpoint(args, checkpoint, actor, critic, eval_envs, action_scale, action_bias, device)  # prints, exits
+
+    envs = make_vector_env(args.env_id, args.num_envs)
     video_fps = start_video(args, eval_envs)
     if args.track:
         start_tracking(args)
@@ -775,15 +777,13 @@ if __name__ == "__main__":
     writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}", start_step)
     model_path, state_path = f"{run_dir}/{args.exp_name}.fmer_model", f"{run_dir}/state.pt"
 
-    actor = VelocityField(obs_dim, act_dim, args.hidden_dim).to(device)
-    critic = TwinQ(obs_dim, act_dim, args.hidden_dim).to(device)
     target_critic = TwinQ(obs_dim, act_dim, args.hidden_dim).to(device)
     target_critic.load_state_dict(critic.state_dict())
     log_alpha = torch.tensor(math.log(args.alpha_init), device=device, requires_grad=True)
     log_beta = torch.tensor(math.log(args.beta_init), device=device, requires_grad=True)
     # Learning rate and target entropy are device tensors changed in place: a compiled or captured update reads them.
-    # On CUDA, Adam's step counts live on the device (capturable), as CUDA graphs need and as foreach Adam (CUDA's
-    # default) needs for a tensor learning rate; it costs a few tiny kernels.
+    # On CUDA, Adam's step counts live on the device (capturable): CUDA graphs need it, and so does foreach Adam (CUDA's
+    # default) for a tensor learning rate. It costs a few tiny kernels.
     capturable = device.type == "cuda"
     warnings.filterwarnings("ignore", message=".*capturable=True can impair performance")
     actor_lr = torch.tensor(args.actor_lr, device=device)
@@ -824,7 +824,7 @@ if __name__ == "__main__":
 
     def save_training_state():
         counters = dict(global_step=global_step, num_updates=num_updates, last_return=last_return, model_step=model_step)
-        saved = training_state(args, learner, optimizers, rb, metrics, counters, obs, rng, envs, eval_envs, device)
+        saved = training_state(args, learner, optimizers, rb, metrics, counters, rng, envs, eval_envs, device)
         save_atomically(saved, state_path)
 
     print(f"{run_dir}: {args.total_timesteps} steps on {device}, random actions until step {args.learning_starts}", flush=True)

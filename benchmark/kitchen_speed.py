@@ -36,7 +36,7 @@ class Args:
 
 
 def env_steps_per_second(tasks, steps: int, policy=None) -> float:
-    env = fk.make_env(tasks, seed=0)()
+    env = fk.make_env(tasks)()
     obs, _ = env.reset(seed=0)
     start = time.perf_counter()
     for _ in range(steps):

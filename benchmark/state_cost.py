@@ -64,7 +64,7 @@ def main(args: Args) -> None:
         "log_beta": log_beta.detach(),
         "optimizers": [opt.state_dict() for opt in optimizers],
         "replay_buffer": rb.state_dict(),
-        "counters": (),
+        "counters": {},
     }
     path = os.path.join(args.directory, "state_cost.pt")
     writes, reads = [], []

@@ -114,6 +114,7 @@ CHANGES = {
         "update_critic",
         "update_actor",
         "evaluate",
+        "read_checkpoint",
         "evaluate_checkpoint",
     ],
     "kitchen_fixed_beta": ["Args", "update_actor", "check_args"],
@@ -442,7 +443,7 @@ def test_solver_reaches_every_sampler_call(monkeypatch):
     monkeypatch.setattr(ab, "sample_candidates", lambda *a: solvers.append(a[-1]) or original(*a))
     obs = torch.randn(8, 3)
     batch = (obs, torch.rand(8, 1) * 2 - 1, torch.randn(8), torch.randn(8, 3), torch.zeros(8))
-    envs = ab.make_vector_env("Pendulum-v1", 1, seed=0)
+    envs = ab.make_vector_env("Pendulum-v1", 1)
     envs.reset(seed=0)
     calls = {
         "acting": lambda solver: ab.best_of_k_actions(actor, critic, obs, 4, 3, solver),

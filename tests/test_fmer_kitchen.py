@@ -71,7 +71,7 @@ def complete(env, task):
 
 def test_reward_counts_each_subtask_once_and_all_done_terminates():
     tasks = fk.TASK_SETS[2]
-    env = fk.make_env(tasks, seed=0)()
+    env = fk.make_env(tasks)()
     obs, info = env.reset(seed=0)
     assert obs.shape == env.observation_space.shape == (59,)
     np.testing.assert_array_equal(info["completed"], [0, 0])
@@ -95,7 +95,7 @@ def test_reward_counts_each_subtask_once_and_all_done_terminates():
 
 
 def test_time_limit_truncates_at_280_steps():
-    env = fk.make_env(fk.TASK_SETS[1], seed=0)()
+    env = fk.make_env(fk.TASK_SETS[1])()
     env.reset(seed=0)
     for step in range(1, fk.EPISODE_STEPS + 1):
         _, reward, terminated, truncated, _ = env.step(np.zeros(9))
@@ -106,7 +106,7 @@ def test_time_limit_truncates_at_280_steps():
 def test_completions_survive_the_vector_autoreset():
     # The env clears its list of completed subtasks on reset, which SAME_STEP autoreset runs inside the
     # step that ends the episode: the flags must still reach final_info.
-    envs = fk.make_vector_env(fk.TASK_SETS[1], num_envs=2, seed=0)
+    envs = fk.make_vector_env(fk.TASK_SETS[1], num_envs=2)
     envs.reset(seed=0)
     complete(envs.envs[1], "light switch")
     _, rewards, terminations, _, infos = envs.step(np.zeros((2, 9)))

@@ -75,7 +75,7 @@ def test_goal_pays_ten_and_terminates_within_distance_one():
 
 
 def test_time_limit_truncates():
-    env = mg.make_env(max_episode_steps=3, seed=0)()
+    env = mg.make_env(max_episode_steps=3)()
     env.reset(seed=0)
     flags = [env.step(np.zeros(2))[2:4] for _ in range(3)]
     assert flags == [(False, False), (False, False), (False, True)]
@@ -160,7 +160,7 @@ class PrefersDirection(torch.nn.Module):
 
 
 def first_steps(actor, critic, num_candidates):
-    envs = mg.make_vector_env(50, 16, 0)
+    envs = mg.make_vector_env(50, 16)
     envs.reset(seed=0)
     torch.manual_seed(0)
     _, _, paths = mg.evaluate(actor, critic, envs, np.ones(2), np.zeros(2), num_candidates, 3, torch.device("cpu"))
@@ -184,7 +184,7 @@ def test_sample_evaluation_is_one_flow_sample_not_best_of_k():
 def test_evaluate_modes_starts_both_evaluations_alike_and_samples_ignore_the_critic():
     torch.manual_seed(0)
     actor, critic = mg.VelocityField(2, 2, 16), PrefersDirection([1.0, 0.0])
-    eval_envs, sample_envs = mg.make_vector_env(5, 32, 7), mg.make_vector_env(5, 32, 7)
+    eval_envs, sample_envs = mg.make_vector_env(5, 32), mg.make_vector_env(5, 32)
     eval_envs.reset(seed=7)
     sample_envs.reset(seed=7)
     result = mg.evaluate_modes(actor, critic, eval_envs, sample_envs, np.ones(2), np.zeros(2), 8, 3, torch.device("cpu"))

@@ -225,7 +225,7 @@ def test_interrupt_saves_a_checkpoint_that_eval_only_loads(tmp_path, sig):
 
 
 def test_vector_step_stores_true_final_obs_and_bootstraps_truncation():
-    envs = fm.make_vector_env("Pendulum-v1", 2, seed=0)  # 200-step time limit, never terminates
+    envs = fm.make_vector_env("Pendulum-v1", 2)  # 200-step time limit, never terminates
     rb = fm.ReplayBuffer(512, 3, 1, torch.device("cpu"))
     obs, _ = envs.reset(seed=0)
     actions = np.zeros((2, 1), np.float32)
@@ -247,7 +247,7 @@ def test_vector_step_stores_true_final_obs_and_bootstraps_truncation():
 
 
 def test_vector_step_stores_termination():
-    envs = fm.make_vector_env("InvertedPendulum-v5", 1, seed=0)  # falls over within a few steps
+    envs = fm.make_vector_env("InvertedPendulum-v5", 1)  # falls over within a few steps
     rb = fm.ReplayBuffer(64, 4, 1, torch.device("cpu"))
     obs, _ = envs.reset(seed=0)
     episode_return = 0.0

@@ -215,7 +215,7 @@ def test_state_at_the_resume_point_is_the_saved_one(tmp_path, script):
     assert second.returncode == 0, second.stderr[-3000:]
     again = torch.load(tmp_path / "state.pt", weights_only=True)  # the run folder is where its state lies
     assert saved["counters"]["global_step"] == again["counters"]["global_step"] == 150
-    del saved["obs"], again["obs"], saved["args"]["resume"], again["args"]["resume"]
+    del saved["args"]["resume"], again["args"]["resume"]
     assert_same(saved, again)
     assert saved["replay_buffer"]["size"] == 150 and saved["optimizers"][0]["state"]  # a learner that had learned
 
@@ -358,3 +358,23 @@ def test_a_state_written_as_a_cuda_run_writes_it_resumes_on_the_cpu_as_the_same_
     for tag in uninterrupted:
         assert resumed[tag] == uninterrupted[tag], tag
     assert [s for s in sps_steps(tmp_path / "runs" / "gpu") if s > 400][0] == 450  # (400, 425] holds the first updates
+
+
+@pytest.mark.slow
+def test_a_state_saved_before_the_named_counters_resumes_as_the_same_run(tmp_path, uninterrupted):
+    # Until 2026-12-01, state.pt held the counters as a tuple (step, updates, next log, next eval, next checkpoint,
+    # last return, model step) and the observations; a requeued job that meets such a file must continue it exactly.
+    first = run([*TINY, "--total-timesteps", "600", "--run-name", "old"], tmp_path, stop_at=400)
+    assert first.returncode == 128 + signal.SIGTERM, first.stderr[-3000:]
+    state_file = tmp_path / "runs/old/state.pt"
+    state = torch.load(state_file, weights_only=True)
+    c = state["counters"]
+    state["counters"] = (c["global_step"], c["num_updates"], 425, 500, 100_000, c["last_return"], c["model_step"])
+    state["obs"] = torch.zeros(1, 3)
+    torch.save(state, state_file)
+    second = run(["--resume", "auto", "--run-name", "old"], tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resuming runs/old at step 400" in second.stdout
+    resumed = scalars(tmp_path / "runs" / "old")
+    for tag in uninterrupted:
+        assert resumed[tag] == uninterrupted[tag], tag

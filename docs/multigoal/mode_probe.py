@@ -66,7 +66,7 @@ def main(paths: list[str]) -> None:
         beta, alpha = checkpoint["log_beta"].exp().item(), checkpoint["log_alpha"].exp().item()
         shares = share_per_goal(origin_samples(actor, 4000, a["ode_steps"]))
         q = q_per_goal(critic)
-        envs = mg.make_vector_env(50, 20, 12345)
+        envs = mg.make_vector_env(50, 20)
         envs.reset(seed=12345)
         _, _, sample_paths = mg.evaluate(actor, critic, envs, np.ones(2), np.zeros(2), 1, a["ode_steps"], torch.device("cpu"))
         visited = np.concatenate([p[:-1] for p in sample_paths])

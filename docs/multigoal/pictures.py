@@ -181,7 +181,7 @@ def main() -> None:
             (step, candidate_snapshot(actor, critic, saved["num_candidates"], saved["ode_steps"], args.draws, device))
         )
     episodes = args.eval_episodes or saved["eval_episodes"]  # the latest checkpoint's episodes, as --eval-only runs them
-    envs = [mg.make_vector_env(saved["max_episode_steps"], episodes, saved["seed"] + 10_000) for _ in range(2)]
+    envs = [mg.make_vector_env(saved["max_episode_steps"], episodes) for _ in range(2)]
     for env in envs:
         env.reset(seed=saved["seed"] + 10_000)
     K, N = saved["num_candidates"], saved["ode_steps"]
