@@ -322,7 +322,8 @@ NEEDED_BY_PART = {
     "tests": {"pytest": "pytest"},
     "kitchen": {"gymnasium_robotics": "gymnasium-robotics"},
 }
-NEEDED_FULL_TESTS = {"gymnasium_robotics": "gymnasium-robotics", "matplotlib": "matplotlib"}  # and docs/multigoal/pictures.py
+# The full tests also need the kitchen (gymnasium-robotics) and the multi-goal pictures (matplotlib).
+NEEDED_FULL_TESTS = {"gymnasium_robotics": "gymnasium-robotics", "matplotlib": "matplotlib"}
 
 PROGRESS = re.compile(r"^step (\d+)/\d+(?: \([\w-]+\))?\s+SPS")  # "step 1200/1000000 (learning)  SPS ..."
 EVAL = re.compile(r"^step (\d+): eval return (\S+) \+- ([^\s,]+),?\s*(.*)$")
