@@ -30,7 +30,7 @@ class Args:
     torch_deterministic: bool = True
     """if toggled, `torch.backends.cudnn.deterministic=True`"""
     cuda: bool = True
-    """if toggled, cuda will be used when available (falls back to CPU with a note)"""
+    """if toggled, cuda will be used when available (else the CPU; the start line names the device)"""
     track: bool = False
     """if toggled, this experiment will be tracked with Weights and Biases (its tensorboard log, synced)"""
     wandb_project_name: str = "fmer"
@@ -44,17 +44,13 @@ class Args:
     cudagraphs: bool = False
     """replay the update and act functions as CUDA graphs (ours, as LeanRL; CUDA only; add --compile for full speed)"""
     save_model: bool = False
-    """save a checkpoint at every evaluation, at the end, and on a stop signal or a crash"""
+    """save a checkpoint at every evaluation, at the end, and on a stop signal or a crash (for benchmark/evaluate.py)"""
     run_name: str | None = None
     """the run's folder under runs/ (default: {env_id}__{exp_name}__{seed}__{unix time}); --resume auto finds it by name"""
     resume: str | None = None
     """continue a run exactly: its folder or state.pt, or `auto` with --run-name (resume runs/NAME if saved, else start it)"""
     checkpoint_frequency: int = 100_000
     """save the full training state (runs/NAME/state.pt) every this many env steps, at the end, on SIGTERM/SIGUSR1/Ctrl-C"""
-    checkpoint: str | None = None
-    """path of a checkpoint saved with --save-model (used with --eval-only)"""
-    eval_only: bool = False
-    """evaluate --checkpoint for --eval-episodes episodes and exit (env, width, K and N come from the checkpoint)"""
     log_frequency: int = 100
     """write the training losses to tensorboard every this many env steps"""
     progress_seconds: float = 30.0
@@ -483,13 +479,13 @@ def save_atomically(state: dict, path: str) -> bool:
     if not all(torch.isfinite(t).all() for t in tensors):
         print(f"not saving {path}: the weights are not finite; the last good file is kept", file=sys.stderr)
         return False
-    torch.save(state, path + ".tmp")
+    torch.save({"script": SCRIPT, **state}, path + ".tmp")  # the script, for resume and benchmark/evaluate.py
     os.replace(path + ".tmp", path)
     return True
 
 
 def save_checkpoint(path, actor, critic, log_alpha, log_beta, args) -> bool:
-    """The small model file of --save-model, for evaluation and sharing."""
+    """The small model file of --save-model, for sharing and for benchmark/evaluate.py (which evaluates it)."""
     duals = {"log_alpha": log_alpha.detach(), "log_beta": log_beta.detach()}
     return save_atomically({"actor": actor.state_dict(), "critic": critic.state_dict(), **duals, "args": vars(args)}, path)
 
@@ -523,11 +519,6 @@ def load_optimizer(optimizer: torch.optim.Optimizer, saved: dict, capturable: bo
                 optimizer.state[param]["step"] = step.to(param.device if capturable else "cpu", torch.float32)
 
 
-# The flags a resumed run may give anew. --total-timesteps may only rise (the schedules stretch to the new total);
-# --cuda and --compile change float rounding, so the run is then the same only up to it.
-RESUME_MAY_CHANGE = "resume cuda compile cudagraphs progress_seconds total_timesteps track capture_video".split()
-
-
 def resolve_run(args: Args) -> tuple[Args, dict | None, str]:
     """(args, training state or None, run folder): with --resume, the saved run's (`auto`: runs/NAME if it was saved)."""
     if args.resume == "auto":  # a requeued job
@@ -536,7 +527,7 @@ def resolve_run(args: Args) -> tuple[Args, dict | None, str]:
         args.resume = f"runs/{args.run_name}" if os.path.isfile(f"runs/{args.run_name}/state.pt") else None
     if args.resume is None:
         args.run_name = args.run_name or f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
-        if not args.eval_only and os.path.exists(f"runs/{args.run_name}/state.pt"):
+        if os.path.exists(f"runs/{args.run_name}/state.pt"):
             sys.exit(f"error: runs/{args.run_name} already holds a run: --resume runs/{args.run_name}, or another --run-name")
         return args, None, f"runs/{args.run_name}"
     state_path = os.path.join(args.resume, "state.pt") if os.path.isdir(args.resume) else args.resume
@@ -544,15 +535,19 @@ def resolve_run(args: Args) -> tuple[Args, dict | None, str]:
     if not isinstance(state["counters"], dict):  # saved before 2026-12-01: a tuple, with three schedule points
         step, updates, _, _, _, last_return, model_step = state["counters"]
         state["counters"] = dict(global_step=step, num_updates=updates, last_return=last_return, model_step=model_step)
-    saved, defaults = state["args"], Args()
+    # The flags a resumed run may give anew. --total-timesteps may only rise (the schedules stretch to the new total);
+    # --cuda and --compile change float rounding, so the run is then the same only up to it.
+    may_change = "resume cuda compile cudagraphs progress_seconds total_timesteps track capture_video".split()
+    defaults = Args()  # a flag added since the run was saved takes its default; one since dropped is ignored
+    saved = {name: state["args"].get(name, value) for name, value in vars(defaults).items()}
     for name, value in vars(args).items():
-        if name not in RESUME_MAY_CHANGE and value != getattr(defaults, name) and value != saved[name]:
+        if name not in may_change and value != getattr(defaults, name) and value != saved[name]:
             sys.exit(f"error: --{name.replace('_', '-')} {value} conflicts with the resumed run's {saved[name]}")
     if args.total_timesteps == defaults.total_timesteps:
         args.total_timesteps = saved["total_timesteps"]
     elif args.total_timesteps < saved["total_timesteps"]:
         sys.exit(f"error: --total-timesteps can only rise on resume (the run has {saved['total_timesteps']})")
-    args = Args(**{**saved, **{name: getattr(args, name) for name in RESUME_MAY_CHANGE}})
+    args = Args(**{**saved, **{name: getattr(args, name) for name in may_change}})
     return args, state, os.path.dirname(state_path) or "."
 
 
@@ -561,7 +556,6 @@ def training_state(args, learner: dict, optimizers: list, rb, metrics, counters,
     cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
     rngs = {"python": random.getstate(), "numpy": rng.bit_generator.state, "torch": torch.get_rng_state(), "cuda": cuda_rng}
     return {
-        "script": SCRIPT,
         "args": vars(args),
         **{name: part.state_dict() if isinstance(part, nn.Module) else part.detach() for name, part in learner.items()},
         "optimizers": [optimizer.state_dict() for optimizer in optimizers],
@@ -595,29 +589,6 @@ def restore_training_state(state: dict, learner: dict, optimizers: list, rb, rng
     return {name: value.to(device) for name, value in state["metrics"].items()}
 
 
-def read_checkpoint(args: Args) -> dict:
-    """--eval-only: the --checkpoint file, whose env, width, K and N replace the flags'."""
-    checkpoint = load_file(args.checkpoint, "checkpoint", {"actor", "critic", "args"})
-    if "env_id" not in checkpoint["args"]:
-        sys.exit(f"error: {args.checkpoint} names no env id (saved by another script, e.g. fmer_kitchen.py)")
-    for name in ("env_id", "hidden_dim", "num_candidates", "ode_steps"):
-        setattr(args, name, checkpoint["args"][name])
-    return checkpoint
-
-
-def evaluate_checkpoint(args: Args, checkpoint: dict, actor, critic, eval_envs, scale, bias, device) -> None:
-    """--eval-only: the checkpoint's policy for --eval-episodes episodes, printed; then exit."""
-    try:
-        actor.load_state_dict(checkpoint["actor"])
-        critic.load_state_dict(checkpoint["critic"])
-    except RuntimeError as e:
-        sys.exit(f"error: {args.checkpoint} does not fit {args.env_id}: {str(e).splitlines()[0]}")
-    returns, lengths = evaluate(actor, critic, eval_envs, scale, bias, args.num_candidates, args.ode_steps, device)
-    summary = f"eval return {returns.mean():.2f} +- {returns.std():.2f} over {len(returns)} episodes"
-    print(f"{args.checkpoint} on {args.env_id}: {summary} (mean length {lengths.mean():.0f})")
-    sys.exit(0)
-
-
 def check_env(env_id: str) -> tuple[gym.spaces.Box, gym.spaces.Space]:
     """Exit with one line unless env_id names a gymnasium env with finite Box actions and flat Box observations."""
     try:
@@ -644,8 +615,6 @@ def check_args(args: Args, device: torch.device) -> None:
         sys.exit(f"error: --ess-target must lie in [1, --num-candidates={args.num_candidates}]")
     if not (args.alpha_init > 0.0 and args.beta_init > 0.0):
         sys.exit(f"error: --alpha-init and --beta-init must be positive, got {args.alpha_init} and {args.beta_init}")
-    if args.eval_only != (args.checkpoint is not None):
-        sys.exit("error: --eval-only and --checkpoint PATH go together (evaluate that checkpoint, then exit)")
     if args.cudagraphs and device.type != "cuda":
         sys.exit("error: --cudagraphs needs a CUDA device (try --compile alone)")
 
@@ -723,15 +692,11 @@ class CudaGraphFunction:
 
 
 if __name__ == "__main__":
-    args = tyro.cli(Args)
-    args, state, run_dir = resolve_run(args)  # --resume: the saved run's args, training state and folder
+    args, state, run_dir = resolve_run(tyro.cli(Args))  # --resume: the saved run's args, training state and folder
     if args.ess_target is None:
         args.ess_target = default_ess_target(args.num_candidates)
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
     check_args(args, device)
-    checkpoint = read_checkpoint(args) if args.eval_only else None
-    if args.cuda and device.type == "cpu":
-        print("CUDA is not available: running on CPU")
 
     random.seed(args.seed)
     np.random.seed(args.seed)
@@ -745,8 +710,6 @@ if __name__ == "__main__":
     eval_envs.reset(seed=args.seed + 10_000)  # seeds the eval envs' RNGs once; evaluate() continues them
     actor = VelocityField(obs_dim, act_dim, args.hidden_dim).to(device)
     critic = TwinQ(obs_dim, act_dim, args.hidden_dim).to(device)
-    if checkpoint is not None:
-        evaluate_checkpoint(args, checkpoint, actor, critic, eval_envs, action_scale, action_bias, device)  # prints, exits
 
     envs = make_vector_env(args.env_id, args.num_envs)
     video_fps = start_video(args, eval_envs)
@@ -817,8 +780,7 @@ if __name__ == "__main__":
         signal.signal(signum, lambda signum, frame: stop_signal.append(signum))
     start_time = window_time = time.time()
     last_print = start_time - max(args.progress_seconds - 10.0, 0.0)  # the first progress line comes after 10 s
-    # SPS leaves out the windows that overlap the fast path's first calls: compilation at the first update, CUDA graph
-    # capture after WARMUP_CALLS calls, all within (WARMUP_CALLS + 1) * policy_frequency vector steps of it.
+    # SPS leaves out the windows of the fast path's first calls: compilation at the first update, CUDA graphs after it.
     window_step, first_update = global_step, max(global_step, args.learning_starts)
     burn_in_end = first_update + (CudaGraphFunction.WARMUP_CALLS + 1) * args.policy_frequency * args.num_envs
 
@@ -858,9 +820,8 @@ if __name__ == "__main__":
                     writer.add_scalar("charts/SPS", sps, global_step)
                 window_step, window_time = global_step, now
                 if metrics:
-                    write_metrics(writer, metrics, global_step, model_step)
-                    writer.add_scalar("charts/target_entropy", target_entropy, global_step)
-                    writer.add_scalar("charts/learning_rate", actor_lr, global_step)
+                    schedules = {"charts/target_entropy": target_entropy, "charts/learning_rate": actor_lr}
+                    write_metrics(writer, {**metrics, **schedules}, global_step, model_step)
                 if now - last_print >= args.progress_seconds:
                     last_print = now
                     print(progress_line(args, global_step, sps, last_return), flush=True)
@@ -880,11 +841,9 @@ if __name__ == "__main__":
                 save_training_state()
             if stop_signal:
                 model = args.save_model and save_checkpoint(model_path, actor, critic, log_alpha, log_beta, args)
-                print(
-                    f"{signal.Signals(stop_signal[0]).name} at step {global_step}: state saved to {state_path}"
-                    f"{f', model to {model_path}' if model else ''}; continue with --resume {run_dir}",
-                    file=sys.stderr,
-                )
+                name = signal.Signals(stop_signal[0]).name
+                saved = f"state saved to {state_path}" + (f", model to {model_path}" if model else "")
+                print(f"{name} at step {global_step}: {saved}; continue with --resume {run_dir}", file=sys.stderr)
                 sys.exit(128 + stop_signal[0])
         save_training_state()  # the end: a raised --total-timesteps can continue from here
     except Exception:
@@ -896,6 +855,5 @@ if __name__ == "__main__":
         eval_envs.close()
         writer.close()
 
-    if args.save_model and model_step is not None:
-        print(f"model of step {model_step} saved to {model_path}")
-    print(f"done: {global_step} steps in {(time.time() - start_time) / 60:.1f} min")
+    model = f"; model of step {model_step} saved to {model_path}" if model_step is not None else ""
+    print(f"done: {global_step} steps in {(time.time() - start_time) / 60:.1f} min{model}")

@@ -114,8 +114,6 @@ CHANGES = {
         "update_critic",
         "update_actor",
         "evaluate",
-        "read_checkpoint",
-        "evaluate_checkpoint",
     ],
     "kitchen_fixed_beta": ["Args", "update_actor", "check_args"],
 }

@@ -599,7 +599,7 @@ def drifted(copy, parent, parent_path) -> list[str]:
     ]
 
 
-# What each sibling changes, and only that: its env and what follows from it (observation, metrics, run name, eval-only).
+# What each sibling changes, and only that: its env and what follows from it (observation, metrics, run name).
 SIBLING_CHANGES = {
     "fmer_kitchen": [
         "Args",
@@ -608,8 +608,6 @@ SIBLING_CHANGES = {
         "evaluate",
         "RememberResetRNG",
         "resolve_run",
-        "read_checkpoint",
-        "evaluate_checkpoint",
         "check_env",
     ],
     "fmer_multigoal": [
@@ -622,8 +620,6 @@ SIBLING_CHANGES = {
         "resolve_run",
         "training_state",
         "restore_training_state",
-        "read_checkpoint",
-        "evaluate_checkpoint",
         "check_env",
         "start_video",
     ],

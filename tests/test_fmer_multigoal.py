@@ -234,8 +234,8 @@ def test_smoke_run_writes_goal_metrics_and_checkpoints_that_draw(tmp_path):
     assert sorted(p.name for p in (tmp_path / "pics").glob("*.png")) == [f"{name}_0000240.png" for name in pictures]
     assert "(step 240)" in proc.stdout and "nearest-goal fraction" in proc.stdout
 
-    # --eval-only prints the three numbers of the saved checkpoint
-    command = [sys.executable, str(ROOT / "fmer_multigoal.py"), "--eval-only", "--checkpoint", str(run_dir / names[0])]
+    # benchmark/evaluate.py prints the three numbers of the saved checkpoint
+    command = [sys.executable, str(ROOT / "benchmark" / "evaluate.py"), str(run_dir / names[0])]
     proc = subprocess.run([*command, "--eval-episodes", "4"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "goals reached best-of-K" in proc.stdout and "by the policy's samples" in proc.stdout

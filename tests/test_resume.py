@@ -363,7 +363,9 @@ def test_a_state_written_as_a_cuda_run_writes_it_resumes_on_the_cpu_as_the_same_
 @pytest.mark.slow
 def test_a_state_saved_before_the_named_counters_resumes_as_the_same_run(tmp_path, uninterrupted):
     # Until 2026-12-01, state.pt held the counters as a tuple (step, updates, next log, next eval, next checkpoint,
-    # last return, model step) and the observations; a requeued job that meets such a file must continue it exactly.
+    # last return, model step) and the observations, and its args the --eval-only and --checkpoint flags, which
+    # benchmark/evaluate.py has taken over; a requeued job that meets such a file must continue it exactly. A flag
+    # added since the save takes its default.
     first = run([*TINY, "--total-timesteps", "600", "--run-name", "old"], tmp_path, stop_at=400)
     assert first.returncode == 128 + signal.SIGTERM, first.stderr[-3000:]
     state_file = tmp_path / "runs/old/state.pt"
@@ -371,6 +373,8 @@ def test_a_state_saved_before_the_named_counters_resumes_as_the_same_run(tmp_pat
     c = state["counters"]
     state["counters"] = (c["global_step"], c["num_updates"], 425, 500, 100_000, c["last_return"], c["model_step"])
     state["obs"] = torch.zeros(1, 3)
+    state["args"].update(eval_only=False, checkpoint=None)  # flags since dropped
+    del state["args"]["wandb_entity"]  # as a flag added since would be missing (its default, None, is the run's)
     torch.save(state, state_file)
     second = run(["--resume", "auto", "--run-name", "old"], tmp_path)
     assert second.returncode == 0, second.stderr[-3000:]

@@ -7,7 +7,7 @@ A run folder stands for the checkpoints that `fmer_multigoal.py --save-model` ke
 (a) its evaluation episodes from the start state, best-of-K and with one flow sample per step, (b) the K candidate
 actions at four probe states and the ones best-of-K picks, and (c) the chosen action at the states of the
 nearest-goal fraction; (d) shows (b) for the first, middle and latest checkpoint side by side. The episodes start
-as --eval-only's do (eval envs seeded with the run's seed + 10000). PNGs go to --out, by default the folder of the
+as benchmark/evaluate.py's do (eval envs seeded with the run's seed + 10000). PNGs go to --out, by default the folder of the
 latest checkpoint. matplotlib's object API: no display needed.
 """
 
@@ -180,7 +180,7 @@ def main() -> None:
         snapshots.append(
             (step, candidate_snapshot(actor, critic, saved["num_candidates"], saved["ode_steps"], args.draws, device))
         )
-    episodes = args.eval_episodes or saved["eval_episodes"]  # the latest checkpoint's episodes, as --eval-only runs them
+    episodes = args.eval_episodes or saved["eval_episodes"]  # the latest checkpoint's episodes, as evaluate.py runs them
     envs = [mg.make_vector_env(saved["max_episode_steps"], episodes) for _ in range(2)]
     for env in envs:
         env.reset(seed=saved["seed"] + 10_000)
