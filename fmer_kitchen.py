@@ -855,7 +855,7 @@ if __name__ == "__main__":
         signal.signal(signum, lambda signum, frame: stop_signal.append(signum))
     start_time = window_time = time.time()
     last_print = start_time - max(args.progress_seconds - 10.0, 0.0)  # the first progress line comes after 10 s
-    # SPS leaves out the windows of the fast path's first calls: compilation at the first update, CUDA graphs after it.
+    # SPS skips the windows of the fast path's first calls: compiling at the first update, graph capture after WARMUP_CALLS.
     window_step, first_update = global_step, max(global_step, args.learning_starts)
     burn_in_end = first_update + (CudaGraphFunction.WARMUP_CALLS + 1) * args.policy_frequency * args.num_envs
 
