@@ -1,38 +1,33 @@
-"""Summarize FMER runs as the paper reports them: a markdown table beside the paper's numbers, and learning curves.
+"""Summarize runs as the paper reports them, with interval estimates: markdown tables, a per-seed CSV and curves.
 
-    python benchmark/summarize.py                                    # runs/ -> benchmark/results/summary.md + curves
-    python benchmark/summarize.py --runs-dir runs --out /tmp/summary.md --plot-dir /tmp/curves
+    python benchmark/summarize.py         # runs/ -> benchmark/results/summary.md, summary.csv, curves-{env}.png
+    python benchmark/summarize.py --runs-dir runs --out /tmp/summary.md --plot-dir /tmp/curves --algorithms A B
 
-It reads the tensorboard event files of every run folder `{env}__{exp_name}__{seed}__{time}` under
---runs-dir, or `{env}__{exp_name}__{seed}` (a run named with --run-name, as in a Slurm array: its time is
-that of its first event file). The metric is the paper's (Sec. 5.1, following its ref. [32]): per run, the maximum of
-the evaluation metric over the last 10% of training (eval points at step >= 0.9 x the run's
-budget); then the mean and the sample standard deviation (ddof=1) of those maxima over seeds.
-The evaluation metric is `eval/episodic_return`, or `eval/completion_rate` in % for FrankaKitchen.
+Run folders: `{env}__{exp_name}__{seed}__{time}` under --runs-dir, or `{env}__{exp_name}__{seed}` (a --run-name, as a
+Slurm array task's; its time is its first event file's). The paper's metric (Sec. 5.1, following its ref. [32]): per
+run, the maximum of the eval metric (`eval/episodic_return`; `eval/completion_rate` in % on FrankaKitchen) at steps
+>= 0.9 x the run's budget; then the mean and the sample std (ddof=1) over seeds. Details: benchmark/README.md.
 
-- Resumed runs: a run that was stopped and resumed (--resume) has one event file per start, and the
-  stopped start may have logged points past its last saved state. The resumed start writes a
-  SessionLog START at its first new step s, and, as in TensorBoard, the values of earlier files at
-  steps >= s are dropped (tensorboard's EventAccumulator does this), so each eval point counts once.
-  Should a step still appear twice (a writer without that START), the last value logged is kept.
-- Budget: the run's `total_timesteps`, read from its `hyperparameters` text summary; a run without
-  one (another tool's) gets its last eval step. A run whose last eval is short of its budget is
-  unfinished (still running, or it crashed): it is left out, and the notes say so.
-- Groups: (exp_name, env, budget), so runs of different lengths are never averaged together.
-  Several runs of the same seed in a group: the newest (largest time in the name) is kept.
-- Sample std: the paper's table is, e.g. Kitchen N=1: 80.00 (44.72) = four seeds at 100%, one at
-  0%, whose ddof=1 std is 44.72 (ddof=0 would give 40.00).
-- Curves: one PNG per env, every group of that env on it (so an ablation overlays its parent), mean
-  +- std over seeds. Seeds evaluated at different steps are linearly interpolated onto the union
-  of their eval steps, within the range that every seed covers.
+- Resumed runs: as in TensorBoard (EventAccumulator), the SessionLog START a resumed start writes at its
+  first new step s drops the earlier files' values at steps >= s; a step still logged twice keeps its last value.
+- Budget: the run's `total_timesteps` (its `hyperparameters` text), else its last eval step. A run whose last
+  eval is short of its budget is unfinished: left out, with a note.
+- Groups: (exp_name, env, budget); several runs of the same seed in a group: the newest (largest time) is kept.
+- Interval estimates (Agarwal et al., 2021): the interquartile mean per env and, on scores normalised by NORMALISATION,
+  over the envs of one exp_name and budget; P(A > B) per env and over envs; each with a 95% percentile bootstrap
+  interval, stratified (seeds resampled within each env and algorithm).
+- Curves: one PNG per env with every group of it (SAC beside FMER, an ablation over its parent): the mean over seeds
+  and its 95% percentile bootstrap band, seeds interpolated onto the union of their eval steps in their common range.
 """
 
+import csv
 import datetime
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import scipy.stats
 import tyro
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -40,9 +35,13 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 PAPER_BUDGET = 1_000_000
 PAPER_SEEDS = 5
-# The paper's mean (std) over 5 seeds at 1M steps, by (exp_name, env). Table 2 (FMER), Table 10
+# The paper's mean (std) over 5 seeds at 1M steps, by (exp_name, env). Table 2 (FMER and SAC), Table 10
 # (clipping instead of tanh), Table 11 (exact divergence), Table 15 (ODE solvers, 10 steps).
 PAPER = {
+    ("sac_continuous", "Hopper-v5"): (3318.64, 132.80),
+    ("sac_continuous", "HalfCheetah-v5"): (10295.33, 1170.43),
+    ("sac_continuous", "Walker2d-v5"): (4441.51, 536.85),
+    ("sac_continuous", "Humanoid-v5"): (5326.73, 58.93),
     ("fmer_continuous", "Hopper-v5"): (2913.45, 642.67),
     ("fmer_continuous", "HalfCheetah-v5"): (12332.38, 903.67),
     ("fmer_continuous", "Walker2d-v5"): (5282.89, 437.57),
@@ -59,6 +58,14 @@ PAPER = {
     ("fmer_ode_solver_midpoint", "Walker2d-v5"): (5519.10, 395.64),
     ("fmer_ode_solver_rk4", "Walker2d-v5"): (5486.24, 184.02),
 }
+# Normalised score (x - low) / (high - low), for the aggregate over envs: 1 = the paper's SAC at 1M steps on MuJoCo
+# (low 0); on the others the metric's bounds: all tasks done on Kitchen, balanced all 1000 steps on InvertedPendulum,
+# and Pendulum's 200 steps between the worst reward, -(pi^2 + 0.1 x 8^2 + 0.001 x 2^2), and the best, 0.
+NORMALISATION = {
+    env: (0.0, PAPER[("sac_continuous", env)][0]) for env in ("Hopper-v5", "HalfCheetah-v5", "Walker2d-v5", "Humanoid-v5")
+}
+NORMALISATION |= {f"FrankaKitchen-v1-N{n}": (0.0, 100.0) for n in (1, 2, 4, 7)}
+NORMALISATION |= {"InvertedPendulum-v5": (0.0, 1000.0), "Pendulum-v1": (-200 * (np.pi**2 + 0.1 * 64 + 0.001 * 4), 0.0)}
 
 
 @dataclass
@@ -73,6 +80,14 @@ class Args:
     """the final fraction of training over which each run's best eval counts (the paper's 10%)"""
     plots: bool = True
     """draw the learning curves"""
+    csv: str = ""
+    """the per-seed CSV to write (default: --out with .csv)"""
+    algorithms: tuple[str, str] = ("fmer_continuous", "sac_continuous")
+    """the exp names A B of the probability of improvement P(A > B)"""
+    resamples: int = 9999
+    """bootstrap resamples of each confidence interval"""
+    bootstrap_seed: int = 0
+    """seed of the bootstrap (the same seed, the same intervals)"""
 
 
 @dataclass
@@ -210,19 +225,94 @@ def mean_std_text(mean: float, std: float) -> str:
     return f"{mean:.2f} ({std:.2f})" if np.isfinite(std) else f"{mean:.2f} (—)"
 
 
-def markdown(groups: list[Group], notes: list[str], runs_dir: str, last_fraction: float, curve_links: dict[str, str]) -> str:
+def iqm(*samples: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Interquartile mean of the samples' scores pooled (rliable's: trim_mean of all of them, 25% cut at each end)."""
+    return scipy.stats.trim_mean(np.concatenate(samples, axis=axis), 0.25, axis=axis)
+
+
+def improvement(*samples: np.ndarray, axis: int = -1) -> np.ndarray:
+    """P(A > B) averaged over envs, samples = (a_env1, b_env1, a_env2, b_env2, ...): per env the fraction of pairs
+    (a run of A, a run of B) in which A scores higher, a tie counting 1/2 (the Mann-Whitney U over n_a x n_b)."""
+    per_env = []
+    for a, b in zip(samples[::2], samples[1::2]):
+        a, b = np.moveaxis(a, axis, -1)[..., :, None], np.moveaxis(b, axis, -1)[..., None, :]
+        per_env.append(((a > b) + 0.5 * (a == b)).mean(axis=(-2, -1)))
+    return np.mean(per_env, axis=0)
+
+
+def interval(statistic, samples: list[np.ndarray], resamples: int, seed: int) -> tuple[float, float, float]:
+    """(estimate, low, high): the statistic and its 95% percentile bootstrap interval, stratified: each sample (the
+    seeds of one env, or of one algorithm on one env) is resampled on its own. No interval (nan) from one seed."""
+    estimate = float(statistic(*samples))
+    if min(len(sample) for sample in samples) < 2:
+        return estimate, np.nan, np.nan
+    rng = np.random.default_rng(seed)
+    result = scipy.stats.bootstrap(samples, statistic, n_resamples=resamples, vectorized=True, method="percentile", rng=rng)
+    return estimate, float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
+def interval_text(estimate: float, low: float, high: float) -> str:
+    return f"{estimate:.2f} [{low:.2f}, {high:.2f}]" if np.isfinite(low) else f"{estimate:.2f} [—]"
+
+
+def normalised(group: Group) -> np.ndarray | None:
+    """The group's scores normalised by NORMALISATION, None for an env without a reference."""
+    low, high = NORMALISATION.get(group.env, (None, None))
+    return None if low is None else (group.scores - low) / (high - low)
+
+
+def aggregate_lines(groups: list[Group], resamples: int, seed: int) -> list[str]:
+    """The IQM of normalised scores over the envs of each (exp_name, budget), as a table."""
+    by_key = {}
+    for group in groups:
+        by_key.setdefault((group.exp_name, group.budget), []).append(group)
+    lines = ["| script | steps per run | envs | runs | IQM of normalised scores [95% CI] | left out (no reference) |"]
+    lines.append("|" + " --- |" * 6)
+    for (exp_name, budget), members in sorted(by_key.items()):
+        kept = [group for group in members if normalised(group) is not None]
+        left_out = ", ".join(group.env for group in members if normalised(group) is None) or "—"
+        estimate = interval_text(*interval(iqm, [normalised(group) for group in kept], resamples, seed)) if kept else "—"
+        envs, runs = ", ".join(group.env for group in kept) or "—", sum(len(group.runs) for group in kept)
+        lines.append(f"| {exp_name} | {budget:,} | {envs} | {runs} | {estimate} | {left_out} |")
+    return lines
+
+
+def improvement_lines(groups: list[Group], algorithms: tuple[str, str], resamples: int, seed: int) -> list[str]:
+    """P(A > B) on each env that both ran at the same budget, and its mean over those envs per budget, as a table."""
+    found, pairs = {(group.exp_name, group.env, group.budget): group for group in groups}, {}
+    for (exp_name, env, budget), group in sorted(found.items()):
+        if exp_name == algorithms[0] and (algorithms[1], env, budget) in found:
+            pairs.setdefault(budget, []).append((env, group.scores, found[(algorithms[1], env, budget)].scores))
+    if not pairs:
+        return [f"No env has finished runs of both {algorithms[0]} and {algorithms[1]} at the same budget."]
+    lines = [f"| env | steps per run | seeds ({', '.join(algorithms)}) | P({' > '.join(algorithms)}) [95% CI] |"]
+    lines.append("|" + " --- |" * 4)
+    for budget, both in pairs.items():
+        rows = [(env, [a, b], f"{len(a)}, {len(b)}") for env, a, b in both]
+        if len(both) > 1:
+            rows.append((f"mean over {len(both)} envs", [scores for _, a, b in both for scores in (a, b)], ""))
+        for name, samples, seeds in rows:
+            estimate = interval_text(*interval(improvement, samples, resamples, seed))
+            lines.append(f"| {name} | {budget:,} | {seeds} | {estimate} |")
+    return lines
+
+
+def markdown(groups: list[Group], notes: list[str], curve_links: dict[str, str], args: Args) -> str:
+    algorithms, resamples, seed = args.algorithms, args.resamples, args.bootstrap_seed
     short, few = "†", "‡"
     lines = [
         "# FMER benchmark summary",
         "",
         (
-            f"Written by `python benchmark/summarize.py` from `{runs_dir}` on {datetime.date.today()}. Per run, the best "
-            f"eval over the last {last_fraction:.0%} of its steps; then mean (sample std, ddof=1) over seeds. Metric: "
-            "`eval/episodic_return`, or `eval/completion_rate` in % on FrankaKitchen."
+            f"Written by `python benchmark/summarize.py` from `{args.runs_dir}` on {datetime.date.today()}. Per run, the best "
+            f"eval over the last {args.last_fraction:.0%} of its steps; then mean (sample std, ddof=1) over seeds, and the "
+            f"interquartile mean (IQM) with a 95% stratified percentile bootstrap interval ({resamples} resamples, seed "
+            f"{seed}). Metric: `eval/episodic_return`, or `eval/completion_rate` in % on FrankaKitchen."
         ),
         "",
-        "| script | env | metric | seeds | steps per run | ours: mean (std) | paper (1M steps, 5 seeds) |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| script | env | metric | n | seeds | steps per run | ours: mean (std) | ours: IQM [95% CI] "
+        "| paper (1M steps, 5 seeds) |",
+        "|" + " --- |" * 9,
     ]
     for group in groups:
         mean, std = mean_std(group.scores)
@@ -230,44 +320,79 @@ def markdown(groups: list[Group], notes: list[str], runs_dir: str, last_fraction
         seeds = ", ".join(str(run.seed) for run in group.runs) + (f" {few}" if len(group.runs) < PAPER_SEEDS else "")
         budget = f"{group.budget:,}" + (f" {short}" if group.budget < PAPER_BUDGET else "")
         lines.append(
-            f"| {group.exp_name} | {group.env} | {metric(group.env)[2]} | {seeds} | {budget} | "
-            f"{mean_std_text(mean, std)} | {mean_std_text(*paper) if paper else '—'} |"
+            f"| {group.exp_name} | {group.env} | {metric(group.env)[2]} | {len(group.runs)} | {seeds} | {budget} | "
+            f"{mean_std_text(mean, std)} | {interval_text(*interval(iqm, [group.scores], resamples, seed))} | "
+            f"{mean_std_text(*paper) if paper else '—'} |"
         )
     lines += [
         "",
         f"{short} shorter than the paper's 1M steps: not comparable with the paper column.",
         f"{few} fewer than the paper's 5 seeds.",
-        "— in the paper column: the paper has no number for this script and env.",
+        "— in the paper column: the paper has no number for this script and env. [—]: no interval from one seed.",
+        "",
+        "## Over envs: IQM of normalised scores",
+        "",
+        "Per-seed scores normalised as (x - low) / (high - low), low and high: MuJoCo 0 and the paper's SAC at 1M steps,"
+        f" FrankaKitchen 0 and 100%, InvertedPendulum-v5 0 and 1000, Pendulum-v1 {NORMALISATION['Pendulum-v1'][0]:.2f} and 0"
+        " (its bounds); pooled over the envs of one script and budget. The bootstrap resamples seeds within each env.",
+        "",
+        *aggregate_lines(groups, resamples, seed),
+        "",
+        f"## Probability of improvement P({' > '.join(algorithms)})",
+        "",
+        "Per env, the probability that a run of the first scores higher than one of the second (ties 1/2), over all "
+        "pairs of their seeds; per budget, its mean over the envs both ran. The bootstrap resamples the seeds of each "
+        "algorithm on each env on their own.",
+        "",
+        *improvement_lines(groups, algorithms, resamples, seed),
     ]
     if notes:
         lines += ["", "Notes:", *(f"- {note}" for note in notes)]
     if curve_links:
-        lines += ["", "Learning curves (mean ± std over seeds):", ""]
+        lines += ["", "Learning curves (mean over seeds, 95% percentile bootstrap band over seeds):", ""]
         lines += [f"![{env}]({link})" for env, link in curve_links.items()]
     return "\n".join(lines) + "\n"
 
 
-def mean_curve(runs: list[RunLog]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(steps, mean, std) over seeds, each seed interpolated onto the union of the eval steps that
-    lie within every seed's range."""
+def write_csv(groups: list[Group], path: Path) -> None:
+    """One row per run: its score (the paper's metric), the score normalised, and its last evaluation."""
+    with path.open("w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow("env exp_name seed steps score normalised_score final_eval final_eval_step run".split())
+        for group in groups:
+            normal = normalised(group)
+            for i, run in enumerate(group.runs):
+                norm = "" if normal is None else f"{normal[i]:.7g}"
+                row = [run.env, run.exp_name, run.seed, run.budget, f"{group.scores[i]:.7g}", norm, f"{run.values[-1]:.7g}"]
+                writer.writerow([*row, run.steps[-1], run.path.name])
+
+
+def seed_curves(runs: list[RunLog]) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, curves[seed, step]): each seed interpolated onto the union of the eval steps that lie within every
+    seed's range."""
     start, end = max(run.steps.min() for run in runs), min(run.steps.max() for run in runs)
     steps = np.unique(np.concatenate([run.steps for run in runs]))
     steps = steps[(steps >= start) & (steps <= end)]
-    curves = np.stack([np.interp(steps, run.steps, run.values) for run in runs])
-    return (steps, *mean_std(curves))
+    return steps, np.stack([np.interp(steps, run.steps, run.values) for run in runs])
 
 
-def plot_env(env: str, groups: list[Group], path: Path) -> None:
+def plot_env(env: str, groups: list[Group], path: Path, resamples: int, seed: int) -> None:
     figure = Figure(figsize=(7, 4.5))
     FigureCanvasAgg(figure)
     ax = figure.add_subplot()
     for group in groups:
-        steps, mean, std = mean_curve(group.runs)
-        seeds = f"{len(group.runs)} seed" + ("s" if len(group.runs) > 1 else "")
-        (line,) = ax.plot(steps, mean, marker=".", label=f"{group.exp_name} ({seeds}, {group.budget:,} steps)")
-        if len(group.runs) > 1:
-            ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2)
-    ax.set(title=env, xlabel="env steps", ylabel=f"eval {metric(env)[2]}")
+        steps, curves = seed_curves(group.runs)
+        n = len(group.runs)
+        (line,) = ax.plot(
+            steps, curves.mean(axis=0), marker=".", label=f"{group.exp_name} ({n} seed{'s' * (n > 1)}, {group.budget:,} steps)"
+        )
+        if n > 1:  # at each step, the 95% percentile bootstrap interval of the mean over seeds
+            rng = np.random.default_rng(seed)
+            band = scipy.stats.bootstrap(
+                (curves,), np.mean, n_resamples=resamples, method="percentile", rng=rng
+            ).confidence_interval
+            ax.fill_between(steps, band.low, band.high, color=line.get_color(), alpha=0.2)
+    ax.set(title=f"{env} (mean over seeds, 95% bootstrap CI)", xlabel="env steps", ylabel=f"eval {metric(env)[2]}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     figure.tight_layout()
@@ -278,6 +403,8 @@ if __name__ == "__main__":
     args = tyro.cli(Args, description=__doc__)
     if not Path(args.runs_dir).is_dir():
         raise SystemExit(f"error: no folder {args.runs_dir}")
+    if args.algorithms[0] == args.algorithms[1] or args.resamples < 1:
+        raise SystemExit("error: --algorithms takes two different exp names, --resamples a positive number")
     groups, notes = collect(Path(args.runs_dir), args.last_fraction)
     if not groups:
         print("\n".join(notes))
@@ -290,9 +417,12 @@ if __name__ == "__main__":
         plot_dir.mkdir(parents=True, exist_ok=True)
         for env in sorted({group.env for group in groups}):
             path = plot_dir / f"curves-{env}.png"
-            plot_env(env, [group for group in groups if group.env == env], path)
+            plot_env(env, [group for group in groups if group.env == env], path, args.resamples, args.bootstrap_seed)
             curve_links[env] = os.path.relpath(path, out.parent)
-    text = markdown(groups, notes, args.runs_dir, args.last_fraction, curve_links)
+    text = markdown(groups, notes, curve_links, args)
     out.write_text(text)
+    csv_path = Path(args.csv) if args.csv else out.with_suffix(".csv")
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    write_csv(groups, csv_path)
     print(text)
-    print(f"written: {out}" + (f" and {len(curve_links)} curves in {args.plot_dir}" if curve_links else ""))
+    print(f"written: {out}, {csv_path}" + (f" and {len(curve_links)} curves in {args.plot_dir}" if curve_links else ""))

@@ -104,22 +104,28 @@ def test_newest_run_of_a_seed_kept_unfinished_left_out(collected):
 
 def test_markdown_table(collected, runs_dir):
     groups, notes = collected
-    text = summarize.markdown(list(groups.values()), notes, str(runs_dir), 0.1, {})
-    assert "| script | env | metric | seeds | steps per run | ours: mean (std) | paper (1M steps, 5 seeds) |" in text
+    text = summarize.markdown(list(groups.values()), notes, {}, summarize.Args(runs_dir=str(runs_dir)))
+    assert (
+        "| script | env | metric | n | seeds | steps per run | ours: mean (std) | ours: IQM [95% CI] "
+        "| paper (1M steps, 5 seeds) |" in text
+    )
+    # two seeds: the bootstrap means are 10, 20 or 30 (1/4, 1/2, 1/4), so the 95% percentile interval is [10, 30]
     assert (
         table_row(text, "fmer_continuous", "Hopper-v5")
-        == "| fmer_continuous | Hopper-v5 | return | 1, 2 ‡ | 1,000 † | 20.00 (14.14) | 2913.45 (642.67) |"
+        == "| fmer_continuous | Hopper-v5 | return | 2 | 1, 2 ‡ | 1,000 † | 20.00 (14.14) | 20.00 [10.00, 30.00] "
+        "| 2913.45 (642.67) |"
     )
     assert (
         table_row(text, "fmer_kitchen", "FrankaKitchen-v1-N2")
-        == "| fmer_kitchen | FrankaKitchen-v1-N2 | completion % | 1, 2 ‡ | 1,000 † | 37.50 (17.68) | 48.00 (4.47) |"
+        == "| fmer_kitchen | FrankaKitchen-v1-N2 | completion % | 2 | 1, 2 ‡ | 1,000 † | 37.50 (17.68) | 37.50 [25.00, 50.00] "
+        "| 48.00 (4.47) |"
     )
     assert (
         table_row(text, "fmer_continuous", "Humanoid-v5")
-        == "| fmer_continuous | Humanoid-v5 | return | 1 ‡ | 1,000,000 | 5200.00 (—) | 5286.12 (65.35) |"
+        == "| fmer_continuous | Humanoid-v5 | return | 1 | 1 ‡ | 1,000,000 | 5200.00 (—) | 5200.00 [—] | 5286.12 (65.35) |"
     )
-    assert table_row(text, "fmer_continuous", "Pendulum-v1").endswith("| -140.00 (—) | — |")
-    assert table_row(text, "fmer_clip", "Hopper-v5").endswith("| 7.00 (—) | 2704.55 (627.12) |")
+    assert table_row(text, "fmer_continuous", "Pendulum-v1").endswith("| -140.00 (—) | -140.00 [—] | — |")
+    assert table_row(text, "fmer_clip", "Hopper-v5").endswith("| 7.00 (—) | 7.00 [—] | 2704.55 (627.12) |")
     assert "† shorter than the paper's 1M steps" in text
 
 
@@ -129,10 +135,9 @@ def test_curves_interpolate_onto_common_steps():
             Path("x"), "Hopper-v5", "fmer_continuous", 1, 0, 20, np.array(steps), np.array(values, dtype=float)
         )
 
-    steps, mean, std = summarize.mean_curve([run([0, 10, 20], [0, 10, 20]), run([5, 10, 15, 20, 25], [5, 6, 7, 8, 9])])
+    steps, curves = summarize.seed_curves([run([0, 10, 20], [0, 10, 20]), run([5, 10, 15, 20, 25], [5, 6, 7, 8, 9])])
     assert steps.tolist() == [5, 10, 15, 20]  # union of eval steps, within the range both seeds cover
-    assert mean.tolist() == [5.0, 8.0, 11.0, 14.0]
-    assert std[0] == 0.0 and std[1] == pytest.approx(np.std([10, 6], ddof=1))
+    assert curves.tolist() == [[5.0, 10.0, 15.0, 20.0], [5.0, 6.0, 7.0, 8.0]]
 
 
 def test_summarize_cli_writes_table_and_one_figure_per_env(runs_dir, tmp_path):
@@ -147,7 +152,7 @@ def test_summarize_cli_writes_table_and_one_figure_per_env(runs_dir, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     text = (tmp_path / "summary.md").read_text()
-    assert "| 20.00 (14.14) | 2913.45 (642.67) |" in text
+    assert "| 20.00 (14.14) | 20.00 [10.00, 30.00] | 2913.45 (642.67) |" in text
     pngs = sorted(p.name for p in (tmp_path / "plots").iterdir())
     assert pngs == [f"curves-{env}.png" for env in ("FrankaKitchen-v1-N2", "Hopper-v5", "Humanoid-v5", "Pendulum-v1")]
     assert "![Hopper-v5](plots/curves-Hopper-v5.png)" in text  # links are relative to the table
