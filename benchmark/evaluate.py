@@ -8,10 +8,6 @@ vector env of --eval-episodes envs, one episode each. The env (or the kitchen ta
 the seed and the number of episodes, come from the checkpoint. Torch is seeded with the seed and the eval envs with
 seed + 10000, as in training, so one command prints the same line each time on one device. One line per checkpoint:
 a file that cannot be evaluated gets one error line on stderr, the others are still evaluated, and the exit status is 1.
-
-Until 2026-12-01 this was each script's `--eval-only --checkpoint PATH` (with the seed given by --seed); it moved
-here so that the scripts stay within their line budgets. Files saved before then do not name their script: it is
-found from their args (see find_script).
 """
 
 import argparse
@@ -27,24 +23,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 SCRIPTS = {path.name: path for path in [*ROOT.glob("fmer_*.py"), *(ROOT / "ablations").glob("fmer_*.py")]}
-
-
-def find_script(checkpoint: dict) -> Path:
-    """The script that saved the checkpoint: the one it names (one of this repo's), else, for a file saved before
-    2026-12-01, the longest script name its exp_name starts with (benchmark/run.py names runs fmer_ode_solver_rk4 and
-    the like), else the kitchen if it has tasks, the multi-goal env if it has no env id, or the parent."""
-    saved = checkpoint["args"]
-    if "script" in checkpoint:
-        if checkpoint["script"] not in SCRIPTS:
-            sys.exit(f"error: the checkpoint was saved by {checkpoint['script']!r}, which is not a script of this repository")
-        return SCRIPTS[checkpoint["script"]]
-    exp_name = str(saved.get("exp_name"))
-    prefixes = [name for name in SCRIPTS if exp_name == name[:-3] or exp_name.startswith(name[:-3] + "_")]
-    if prefixes:
-        return SCRIPTS[max(prefixes, key=len)]
-    return SCRIPTS[
-        "fmer_kitchen.py" if "tasks" in saved else "fmer_continuous.py" if "env_id" in saved else "fmer_multigoal.py"
-    ]
 
 
 def import_script(path: Path):
@@ -66,7 +44,11 @@ def evaluate_checkpoint(path: str, episodes: int | None, seed: int | None, devic
     saved = checkpoint.get("args") if isinstance(checkpoint, dict) else None
     if not (isinstance(saved, dict) and needed <= set(saved) and {"actor", "critic"} <= set(checkpoint)):
         sys.exit(f"error: {path} is not a checkpoint saved with --save-model")
-    script = find_script(checkpoint)
+    if "script" not in checkpoint:
+        sys.exit(f"error: {path} does not name the script that saved it (no 'script' key)")
+    if checkpoint["script"] not in SCRIPTS:
+        sys.exit(f"error: {path} was saved by {checkpoint['script']!r}, which is not a script of this repository")
+    script = SCRIPTS[checkpoint["script"]]
     fm = import_script(script)
     family = "multigoal" if hasattr(fm, "evaluate_modes") else "kitchen" if hasattr(fm, "describe_successes") else "gym"
     env_key = {"multigoal": "max_episode_steps", "kitchen": "tasks", "gym": "env_id"}[family]

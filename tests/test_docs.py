@@ -1,4 +1,4 @@
-"""The documentation's links resolve, and the README stays a front page."""
+"""The documentation's links resolve, its commands run files that exist, and the README stays a front page."""
 
 import re
 from pathlib import Path
@@ -66,6 +66,22 @@ def test_anchors_resolve(doc):
     assert not broken, f"{doc.relative_to(ROOT)}: links to missing headings: {broken}"
 
 
+FENCE = re.compile(r"^(```|~~~)[^\n]*\n(.*?)^\1", flags=re.S | re.M)
+FILE_IN_COMMAND = re.compile(r"(?<![\w/.-])((?:[\w-]+/)*[\w-]+\.(?:py|sh))\b")  # fmer_kitchen.py, benchmark/run.py
+
+
+def missing_files_in_commands(path: Path) -> list[str]:
+    """The scripts that a doc's code blocks run but the repository lacks (a removed tool, a moved script)."""
+    blocks = [block for _, block in FENCE.findall(path.read_text())]
+    return [name for block in blocks for name in FILE_IN_COMMAND.findall(block) if not (ROOT / name).exists()]
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_commands_name_files_that_exist(doc):
+    missing = missing_files_in_commands(doc)
+    assert not missing, f"{doc.relative_to(ROOT)}: its commands run files that are not in the repository: {missing}"
+
+
 def test_docs_pages_are_checked():
     names = {p.relative_to(ROOT).as_posix() for p in DOCS}
     assert {"README.md", "docs/results.md", "docs/speed.md"} <= names
@@ -87,3 +103,12 @@ def test_link_check_catches_a_broken_link(tmp_path):
     assert set(targets) == {"there.md#a-heading-xpy", "missing.png", "there.md#nowhere", "gone.png"}
     assert targets["missing.png"][0] is False and targets["gone.png"][0] is False
     assert github_anchors(tmp_path / "there.md") == {"a-heading-xpy"}
+
+
+def test_command_check_catches_a_removed_script(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text(
+        "`python benchmark/gone.py` in prose is no command\n"
+        "```bash\npython benchmark/run.py --dry-run\nbash benchmark/gone.sh 1 2; python fmer_gone.py --seed 1\n```\n"
+    )
+    assert missing_files_in_commands(page) == ["benchmark/gone.sh", "fmer_gone.py"]
