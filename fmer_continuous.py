@@ -44,7 +44,7 @@ class Args:
     cudagraphs: bool = False
     """replay the update and act functions as CUDA graphs (ours, as LeanRL; CUDA only; add --compile for full speed)"""
     save_model: bool = False
-    """save the model at every evaluation, at the end, and on a stop signal or a crash (for benchmark/evaluate.py)"""
+    """save the model to runs/{run_name}/{exp_name}.fmer_model at every evaluation (for benchmark/evaluate.py)"""
     run_name: str | None = None
     """the run's folder under runs/ (default: {env_id}__{exp_name}__{seed}__{unix time})"""
     resume: bool = False
@@ -468,10 +468,9 @@ def restore_state(state: dict, learner: dict, optimizers: list, rb: ReplayBuffer
         for name, part in learner.items():
             part.load_state_dict(state[name]) if isinstance(part, nn.Module) else part.copy_(state[name])
     for optimizer, saved in zip(optimizers, state["optimizers"]):
-        lrs = [group["lr"] for group in optimizer.param_groups]
+        lr = optimizer.param_groups[0]["lr"]  # one param group each
         optimizer.load_state_dict(saved)
-        for group, lr in zip(optimizer.param_groups, lrs):
-            group["lr"] = lr
+        optimizer.param_groups[0]["lr"] = lr
     rb.load_state_dict(state["replay_buffer"])
 
 
@@ -489,6 +488,7 @@ def check_args(args: Args, device: torch.device) -> tuple[gym.spaces.Box, gym.sp
         sys.exit("error: --cudagraphs needs a CUDA device (try --compile alone)")
     if args.resume and args.run_name is None:
         sys.exit("error: --resume needs --run-name NAME: the run's folder under runs/")
+    warnings.filterwarnings("ignore", module="glfw")  # its complaints before a failed render
     try:  # with --capture-video, render once now: a missing OpenGL back end fails here, not at the first evaluation
         env = gym.make(args.env_id, render_mode="rgb_array" if args.capture_video else None)
         if args.capture_video:
