@@ -62,15 +62,12 @@ def evaluate_checkpoint(path: str, episodes: int | None, seed: int | None, devic
     torch.backends.cudnn.deterministic = True
 
     if family == "multigoal":  # the multi-goal env: best-of-K and one-sample episodes from the same states
-        env = fm.MultiGoalEnv()
-        action_space, observation_space = env.action_space, env.observation_space
         envs, where = [fm.make_vector_env(saved["max_episode_steps"], episodes) for _ in range(2)], "the multi-goal env"
     elif family == "kitchen":  # FrankaKitchen: the run's tasks
-        action_space, observation_space = fm.check_env(saved["tasks"])
         envs, where = [fm.make_vector_env(saved["tasks"], episodes)], str(saved["tasks"])
     else:
-        action_space, observation_space = fm.check_env(saved["env_id"])
         envs, where = [fm.make_vector_env(saved["env_id"], episodes)], saved["env_id"]
+    action_space, observation_space = envs[0].single_action_space, envs[0].single_observation_space
     for vector_env in envs:
         vector_env.reset(seed=seed + 10_000)
     obs_dim, act_dim = observation_space.shape[0], action_space.shape[0]

@@ -35,9 +35,8 @@ def keep_imported_scripts():
 def save(module, path, **flags):
     """A checkpoint of random weights, as module's --save-model writes it."""
     args = module.Args(env_id="Pendulum-v1", hidden_dim=16, eval_episodes=2, **flags)
-    actor, critic = module.VelocityField(3, 1, 16), module.TwinQ(3, 1, 16)
-    duals = torch.zeros(()), torch.zeros(())
-    assert module.save_checkpoint(str(path), actor, critic, *duals, args)
+    learner = {"actor": module.VelocityField(3, 1, 16), "critic": module.TwinQ(3, 1, 16)}
+    module.save(str(path), args, {**learner, "log_alpha": torch.zeros(()), "log_beta": torch.zeros(())})
     return path
 
 
@@ -65,8 +64,8 @@ def test_the_line_is_the_scripts_own_evaluation_on_eval_envs_seeded_as_in_traini
     checkpoint = torch.load(path, weights_only=True)
     torch.manual_seed(5)
     np.random.seed(5)
-    action_space, _ = fm.check_env("Pendulum-v1")
     envs = fm.make_vector_env("Pendulum-v1", 2)
+    action_space = envs.single_action_space
     envs.reset(seed=5 + 10_000)
     actor, critic = fm.VelocityField(3, 1, 16), fm.TwinQ(3, 1, 16)
     actor.load_state_dict(checkpoint["actor"])

@@ -1,6 +1,6 @@
 """--capture-video and --track as a user runs them: a real headless MuJoCo render (OSMesa) read back from the
-MP4, one line on stderr for a missing OpenGL back end or a missing wandb, and an offline W&B run that holds the
-synced tensorboard metrics and continues on --resume."""
+MP4, one line on stderr for a missing OpenGL back end, and an offline W&B run that holds the synced tensorboard
+metrics and continues on --resume."""
 
 import ctypes.util
 import importlib.util
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-WANDB_PIN = "wandb==0.31.0"  # the version the scripts' install line names
+WANDB_PIN = "wandb==0.31.0"  # the version the docs name
 TINY = [
     "--learning-starts",
     "50",
@@ -36,6 +36,8 @@ TINY = [
     "10",
     "--no-cuda",
 ]
+
+RESUME = [*TINY[:2], "--total-timesteps", "80", *TINY[4:]]
 
 
 def run(script: str, args: list[str], cwd: Path, **env_changes) -> subprocess.CompletedProcess:
@@ -106,14 +108,7 @@ def test_capture_video_without_an_opengl_back_end_is_one_line(tmp_path, script):
     assert proc.returncode == 1
     line = proc.stderr.strip()
     assert "\n" not in line and "Traceback" not in line, proc.stderr
-    assert line.startswith("error: --capture-video cannot render with MUJOCO_GL=glfw")
-    for advice in (
-        "MUJOCO_GL=egl on a GPU machine",
-        "MUJOCO_GL=osmesa on a CPU one",
-        "apt-get install libosmesa6",
-        "run without --capture-video",
-    ):
-        assert advice in line
+    assert line.startswith("error: cannot make env") and "--capture-video: set MUJOCO_GL=egl on a GPU, osmesa on a CPU" in line
     assert not (tmp_path / "runs").exists()  # it stops before the run starts
 
 
@@ -121,7 +116,7 @@ def test_capture_video_without_an_opengl_back_end_is_one_line(tmp_path, script):
 def test_track_offline_syncs_the_tensorboard_log_and_resumes_the_same_run(tmp_path, wandb_installed):
     proc = run(
         "fmer_continuous.py",
-        ["--env-id", "Pendulum-v1", "--run-name", "tracked", "--track", *TINY],
+        ["--env-id", "Pendulum-v1", "--run-name", "tracked", "--track", "--checkpoint-frequency", "1000", *TINY],
         tmp_path,
         WANDB_MODE="offline",
     )
@@ -131,24 +126,13 @@ def test_track_offline_syncs_the_tensorboard_log_and_resumes_the_same_run(tmp_pa
     for tag in (b"eval/episodic_return", b"losses/qf_loss", b"losses/wcfm_loss", b"charts/ess", b"charts/SPS"):
         assert tag in synced, tag
     assert b"Pendulum-v1" in synced and b"wandb_project_name" in synced  # config=vars(args)
-    # --track is free on resume (the run does not change); the resumed process logs to the same W&B run id
+    # the resumed process (here with a longer budget: a run continues with its command's flags) logs to the same W&B run
     proc = run(
         "fmer_continuous.py",
-        ["--resume", "runs/tracked", "--total-timesteps", "80", "--track"],
+        ["--env-id", "Pendulum-v1", "--run-name", "tracked", "--track", "--checkpoint-frequency", "1000", "--resume", *RESUME],
         tmp_path,
         WANDB_MODE="offline",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = sorted((tmp_path / "wandb").glob("offline-run-*-tracked"))
     assert len(runs) == 2 and b"eval/episodic_return" in b"".join(p.read_bytes() for p in runs[1].glob("*.wandb"))
-
-
-@pytest.mark.slow
-def test_track_without_wandb_says_how_to_install_it(tmp_path):
-    shim = tmp_path / "shim"
-    shim.mkdir()
-    (shim / "wandb.py").write_text("raise ModuleNotFoundError(\"No module named 'wandb'\", name='wandb')\n")
-    proc = run("fmer_continuous.py", ["--env-id", "Pendulum-v1", "--track", *TINY], tmp_path, PYTHONPATH=str(shim))
-    assert proc.returncode == 1
-    assert proc.stderr.strip() == f"error: --track needs wandb: pip install {WANDB_PIN}"
-    assert not (tmp_path / "runs").exists()
