@@ -147,7 +147,7 @@ def test_non_finite_loss_stops_and_names_it(tmp_path):
 
 
 def test_infinite_action_bound_is_refused():
-    gym.register("FmerTestUnbounded-v0", entry_point=lambda: _UnboundedEnv())
+    gym.register("FmerTestUnbounded-v0", entry_point=lambda **kwargs: _UnboundedEnv())
     with pytest.raises(SystemExit, match="bounded Box actions"):
         fm.check_args(fm.Args(env_id="FmerTestUnbounded-v0", ess_target=4.0), torch.device("cpu"))
 
