@@ -44,17 +44,17 @@ class Args:
     cudagraphs: bool = False
     """replay the update and act functions as CUDA graphs (ours, as LeanRL; CUDA only; add --compile for full speed)"""
     save_model: bool = False
-    """save a checkpoint at every evaluation, at the end, and on a stop signal or a crash (for benchmark/evaluate.py)"""
+    """save the model at every evaluation, at the end, and on a stop signal or a crash (for benchmark/evaluate.py)"""
     run_name: str | None = None
-    """the run's folder under runs/ (default: {env_id}__{exp_name}__{seed}__{unix time}); --resume auto finds it by name"""
-    resume: str | None = None
-    """continue a run exactly: its folder or state.pt, or `auto` with --run-name (resume runs/NAME if saved, else start it)"""
-    checkpoint_frequency: int = 100_000
-    """save the full training state (runs/NAME/state.pt) every this many env steps, at the end, on SIGTERM/SIGUSR1/Ctrl-C"""
+    """the run's folder under runs/ (default: {env_id}__{exp_name}__{seed}__{unix time})"""
+    resume: bool = False
+    """continue runs/{run_name}/state.pt if it exists, else start the run there (needs --run-name)"""
+    checkpoint_frequency: int = 0
+    """save the training state to runs/{run_name}/state.pt every this many env steps and on a stop signal (0: never)"""
     log_frequency: int = 100
     """write the training losses to tensorboard every this many env steps"""
     progress_seconds: float = 30.0
-    """print a progress line (step, SPS, ETA, last return) every this many seconds"""
+    """print a progress line (step, SPS, last return) every this many seconds"""
 
     # Algorithm specific arguments
     env_id: str = "Hopper-v5"
@@ -112,8 +112,7 @@ class Args:
 def make_env(env_id: str, render: bool = False):
     def thunk():
         env = gym.make(env_id, render_mode="rgb_array" if render else None)
-        env = gym.wrappers.RecordEpisodeStatistics(env)
-        return RememberResetRNG(env)  # for exact resume only (Run management, below); changes nothing in the run
+        return gym.wrappers.RecordEpisodeStatistics(env)
 
     return thunk
 
@@ -129,10 +128,9 @@ def make_vector_env(env_id: str, num_envs: int, render: bool = False) -> gym.vec
 
 
 def mish_with_derivative(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mish, x * tanh(softplus(x)), and its derivative, which the divergence needs (Eq. 15-16).
-
-    With one exp: tanh(log(1 + e^x)) = n / (n + 2), where n = e^x (e^x + 2). Equal to F.mish up to float32
-    rounding; torch.compile fuses it into one kernel."""
+    """Mish, x * tanh(softplus(x)), and its derivative, which the divergence needs (Eq. 15-16). With one exp:
+    tanh(log(1 + e^x)) = n / (n + 2), where n = e^x (e^x + 2). Equal to F.mish up to float32 rounding; torch.compile
+    fuses it into one kernel."""
     e = torch.exp(x.clamp(max=20.0))  # past 20, n / (n + 2) is 1 in float32
     n = e * (e + 2.0)
     tanh_softplus = n / (n + 2.0)
@@ -145,11 +143,9 @@ def mish(x: torch.Tensor) -> torch.Tensor:
 
 
 class VelocityField(nn.Module):
-    """v_theta(x, t, s): the flow's velocity in the latent space (Sec. 4.1), an MLP on [s, x, t] with 3 hidden
-    Mish layers.
-
-    Its first layer, W [s, x, t] + b, is kept as two parts, (W_s s + b) + W_xt [x, t]: the state's part is computed
-    once per state (embed_obs) and shared by the K candidates and the N Euler steps."""
+    """v_theta(x, t, s): the flow's velocity in the latent space (Sec. 4.1), an MLP on [s, x, t] with 3 hidden Mish
+    layers. Its first layer, W [s, x, t] + b, is kept as two parts, (W_s s + b) + W_xt [x, t]: the state's part is
+    computed once per state (embed_obs) and shared by the K candidates and the N Euler steps."""
 
     def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int = 256):
         super().__init__()
@@ -174,8 +170,7 @@ class VelocityField(nn.Module):
 
     def forward_with_jvp(self, obs_embedding: torch.Tensor, x: torch.Tensor, t: torch.Tensor, probe: torch.Tensor):
         """v as forward() computes it, and (dv/dx) e for a probe e [..., act_dim], pushed forward layer by layer beside
-        v: the divergence (Eq. 15-16) then needs no double backward. Written by hand because torch.compile cannot
-        differentiate torch.func.jvp here (torch 2.13: "ZeroTensors are immutable", from t's zero tangent)."""
+        v: the divergence (Eq. 15-16) then needs no double backward, and torch.compile differentiates it (not jvp)."""
         z = obs_embedding + self.xt_layer(torch.cat([x, t], dim=-1))
         dz = F.linear(probe, self.xt_layer.weight[:, : self.act_dim])  # d z / dx applied to e
         for layer in self.layers:
@@ -213,7 +208,7 @@ class TwinQ(nn.Module):
         return h.reshape(out_shape)
 
 
-@torch.no_grad()  # the samples are never differentiated (torch.inference_mode breaks torch.compile in torch 2.11)
+@torch.no_grad()  # the samples are never differentiated (torch.inference_mode would break torch.compile)
 def sample_candidates(velocity: VelocityField, obs: torch.Tensor, num_candidates: int, num_steps: int) -> torch.Tensor:
     """Eq. 10: K latent samples per state by Euler integration of the flow ODE from x_0 ~ N(0, I): obs [B, obs_dim] ->
     latents u [B, K, act_dim]. Actions are tanh(u); keep u itself, since atanh(tanh(u)) is inf once tanh saturates."""
@@ -285,7 +280,6 @@ H_A0_PER_DIM = tanh_gaussian_entropy_per_dim()
 def flow_losses(velocity: VelocityField, obs: torch.Tensor, u: torch.Tensor, weights: torch.Tensor) -> tuple:
     """The WCFM loss (Eq. 11) and the absolute action-space entropy estimate H_hat (Eq. 15-17), from one forward pass
     on the OT path x_t = (1 - t) x0 + t u_i through the K candidates u [B, K, act_dim] of each state.
-
     H_hat = d * H(a_0) + E[div_a]: the entropy of the start action a_0 (the noise x0, as an action) plus the mean
     divergence of the field that moves the actions along the path (the instantaneous change of variables)."""
     t = torch.rand(*u.shape[:-1], 1, device=u.device)
@@ -422,15 +416,13 @@ class ReplayBuffer:
         return self.obs[idx], self.actions[idx], self.rewards[idx], self.next_obs[idx], self.terminations[idx]
 
     def state_dict(self) -> dict:
-        """The filled part only."""
-        filled = {name: getattr(self, name)[: self.size].to("cpu", copy=True) for name in self.FIELDS}
+        filled = {name: getattr(self, name)[: self.size].to("cpu", copy=True) for name in self.FIELDS}  # filled rows only
         return {"pos": self.pos, "size": self.size, **filled}
 
     def load_state_dict(self, state: dict) -> None:
         for name in self.FIELDS:
             getattr(self, name)[: state["size"]] = state[name]
-        self.size = state["size"]  # a raised --total-timesteps can enlarge an unwrapped buffer: append after it
-        self.pos = state["pos"] if self.size == self.capacity else self.size
+        self.pos, self.size = state["pos"], state["size"]
 
 
 def add_vector_step(rb: ReplayBuffer, obs, actions, next_obs, rewards, terminations, infos) -> None:
@@ -444,162 +436,48 @@ def add_vector_step(rb: ReplayBuffer, obs, actions, next_obs, rewards, terminati
     rb.add(obs, real_next_obs, actions, rewards, terminations)
 
 
-# ==== Run management, not FMER: checkpoints and exact resume, argument and env checks, logging, the fast path ====
+# ==== Run management, not FMER: saving and resuming, argument and env checks, logging, the fast path ====
 
 
-class RememberResetRNG(gym.Wrapper):
-    """Keeps the env's RNG state from just before its latest reset (None once the episode has taken a step): a resumed
-    run redoes that reset exactly. The physics of an episode cut midway is not saved; the resumed run starts a new one."""
-
-    def rng(self) -> np.random.Generator:
-        return self.unwrapped.np_random
-
-    def reset(self, **kwargs):
-        self.rng_state = self.rng().bit_generator.state  # a new dict, a snapshot
-        return super().reset(**kwargs)
-
-    def step(self, action):
-        self.rng_state = None
-        return super().step(action)
-
-
-def save_atomically(state: dict, path: str) -> bool:
-    """torch.save to a temporary file, then rename (a crash mid-write keeps the old file); never non-finite weights."""
-    tensors = [*state["actor"].values(), *state["critic"].values(), state["log_alpha"], state["log_beta"]]
-    if not all(torch.isfinite(t).all() for t in tensors):
+def save(path: str, args: Args, learner: dict, **extra) -> None:
+    """torch.save of the learner's state_dicts, the args and extra, atomically (a crash mid-write keeps the old file)."""
+    saved = {name: part.state_dict() if isinstance(part, nn.Module) else part.detach() for name, part in learner.items()}
+    if not all(torch.isfinite(t).all() for t in [*saved["actor"].values(), *saved["critic"].values()]):
         print(f"not saving {path}: the weights are not finite; the last good file is kept", file=sys.stderr)
-        return False
-    torch.save({"script": SCRIPT, **state}, path + ".tmp")  # the script, for resume and benchmark/evaluate.py
+        return
+    torch.save({"script": SCRIPT, "args": vars(args), **saved, **extra}, path + ".tmp")  # the script: for evaluate.py
     os.replace(path + ".tmp", path)
-    return True
 
 
-def save_checkpoint(path, actor, critic, log_alpha, log_beta, args) -> bool:
-    """The small model file of --save-model, for sharing and for benchmark/evaluate.py (which evaluates it)."""
-    duals = {"log_alpha": log_alpha.detach(), "log_beta": log_beta.detach()}
-    return save_atomically({"actor": actor.state_dict(), "critic": critic.state_dict(), **duals, "args": vars(args)}, path)
-
-
-def load_file(path: str, what: str, keys: set) -> dict:
-    """torch.load to the CPU that exits with one line on a missing, truncated or foreign file."""
-    if not os.path.isfile(path):
-        sys.exit(f"error: {what} not found: {path}")
+def load_state(path: str, device: torch.device) -> dict:
+    """This script's training state, saved on this device type (Adam's state is laid out for it), or exit with one line."""
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:  # a truncated or foreign file
-        sys.exit(f"error: cannot read {what} {path} ({type(e).__name__})")
-    if not isinstance(loaded, dict) or not keys <= set(loaded):
-        sys.exit(f"error: {path} is not a {what} of {SCRIPT}")
-    if loaded.get("script", SCRIPT) != SCRIPT:
-        sys.exit(f"error: {path} is a {what} of {loaded['script']}, not of {SCRIPT}")
-    return loaded
+        sys.exit(f"error: cannot read {path} ({type(e).__name__})")
+    if not isinstance(state, dict) or state.get("script") != SCRIPT or state.get("device") != device.type:
+        sys.exit(f"error: {path} is not a training state of {SCRIPT} saved on {device.type}")
+    return state
 
 
-def load_optimizer(optimizer: torch.optim.Optimizer, saved: dict, capturable: bool) -> None:
-    """optimizer.load_state_dict(saved), fitted to this run's device and flags, whichever run saved it."""
-    lrs = [group["lr"] for group in optimizer.param_groups]
-    optimizer.load_state_dict(saved)  # replaces each param group by the saved one
-    for group, lr in zip(optimizer.param_groups, lrs):
-        if isinstance(lr, torch.Tensor):
-            group["lr"] = lr.copy_(torch.as_tensor(group["lr"]))  # the tensor a compiled or captured step reads
-        group["capturable"] = capturable  # this run's (a CUDA run saves True), and the step counts where it wants them
-        for param in group["params"]:
-            if "step" in optimizer.state.get(param, {}):
-                step = optimizer.state[param]["step"]
-                optimizer.state[param]["step"] = step.to(param.device if capturable else "cpu", torch.float32)
-
-
-def resolve_run(args: Args) -> tuple[Args, dict | None, str]:
-    """(args, training state or None, run folder): with --resume, the saved run's (`auto`: runs/NAME if it was saved)."""
-    if args.resume == "auto":  # a requeued job
-        if args.run_name is None:
-            sys.exit("error: --resume auto needs --run-name NAME")
-        args.resume = f"runs/{args.run_name}" if os.path.isfile(f"runs/{args.run_name}/state.pt") else None
-    if args.resume is None:
-        args.run_name = args.run_name or f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
-        if os.path.exists(f"runs/{args.run_name}/state.pt"):
-            sys.exit(f"error: runs/{args.run_name} already holds a run: --resume runs/{args.run_name}, or another --run-name")
-        return args, None, f"runs/{args.run_name}"
-    state_path = os.path.join(args.resume, "state.pt") if os.path.isdir(args.resume) else args.resume
-    state = load_file(state_path, "training state", {"script", "args", "counters"})
-    if not isinstance(state["counters"], dict):  # saved before 2026-12-01: a tuple, with three schedule points
-        step, updates, _, _, _, last_return, model_step = state["counters"]
-        state["counters"] = dict(global_step=step, num_updates=updates, last_return=last_return, model_step=model_step)
-    # The flags a resumed run may give anew. --total-timesteps may only rise (the schedules stretch to the new total);
-    # --cuda and --compile change float rounding, so the run is then the same only up to it.
-    may_change = "resume cuda compile cudagraphs progress_seconds total_timesteps track capture_video".split()
-    defaults = Args()  # a flag added since the run was saved takes its default; one since dropped is ignored
-    saved = {name: state["args"].get(name, value) for name, value in vars(defaults).items()}
-    for name, value in vars(args).items():
-        if name not in may_change and value != getattr(defaults, name) and value != saved[name]:
-            sys.exit(f"error: --{name.replace('_', '-')} {value} conflicts with the resumed run's {saved[name]}")
-    if args.total_timesteps == defaults.total_timesteps:
-        args.total_timesteps = saved["total_timesteps"]
-    elif args.total_timesteps < saved["total_timesteps"]:
-        sys.exit(f"error: --total-timesteps can only rise on resume (the run has {saved['total_timesteps']})")
-    args = Args(**{**saved, **{name: getattr(args, name) for name in may_change}})
-    return args, state, os.path.dirname(state_path) or "."
-
-
-def training_state(args, learner: dict, optimizers: list, rb, metrics, counters, rng, envs, eval_envs, device) -> dict:
-    """Everything a run needs to continue exactly, as state_dicts, tensors and numbers (the RNG of this GPU only)."""
-    cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-    rngs = {"python": random.getstate(), "numpy": rng.bit_generator.state, "torch": torch.get_rng_state(), "cuda": cuda_rng}
-    return {
-        "args": vars(args),
-        **{name: part.state_dict() if isinstance(part, nn.Module) else part.detach() for name, part in learner.items()},
-        "optimizers": [optimizer.state_dict() for optimizer in optimizers],
-        "replay_buffer": rb.state_dict(),
-        "metrics": metrics,
-        "counters": counters,
-        "rng": rngs,
-        "env_rngs": [env.rng_state or env.rng().bit_generator.state for env in envs.envs],  # see RememberResetRNG
-        "eval_env_rngs": [env.rng().bit_generator.state for env in eval_envs.envs],
-    }
-
-
-def restore_training_state(state: dict, learner: dict, optimizers: list, rb, rng, envs, eval_envs, device) -> dict:
-    """Put a saved training state back, whichever device and fast-path flags wrote it; returns its latest losses."""
+def restore_state(state: dict, learner: dict, optimizers: list, rb: ReplayBuffer) -> None:
+    """Put a saved training state back; the actor's learning rate stays the tensor that the loop fills."""
     with torch.no_grad():
         for name, part in learner.items():
-            if isinstance(part, nn.Module):
-                part.load_state_dict(state[name])
-            else:
-                part.copy_(state[name])
+            part.load_state_dict(state[name]) if isinstance(part, nn.Module) else part.copy_(state[name])
     for optimizer, saved in zip(optimizers, state["optimizers"]):
-        load_optimizer(optimizer, saved, capturable=device.type == "cuda")
+        lrs = [group["lr"] for group in optimizer.param_groups]
+        optimizer.load_state_dict(saved)
+        for group, lr in zip(optimizer.param_groups, lrs):
+            group["lr"] = lr
     rb.load_state_dict(state["replay_buffer"])
-    random.setstate(state["rng"]["python"])
-    rng.bit_generator.state = state["rng"]["numpy"]
-    torch.set_rng_state(state["rng"]["torch"])
-    if device.type == "cuda" and isinstance(state["rng"]["cuda"], torch.Tensor):  # a CPU run saved none
-        torch.cuda.set_rng_state(state["rng"]["cuda"], device)
-    for env, env_rng in zip([*envs.envs, *eval_envs.envs], state["env_rngs"] + state["eval_env_rngs"]):
-        env.rng().bit_generator.state = env_rng
-    return {name: value.to(device) for name, value in state["metrics"].items()}
 
 
-def check_env(env_id: str) -> tuple[gym.spaces.Box, gym.spaces.Space]:
-    """Exit with one line unless env_id names a gymnasium env with finite Box actions and flat Box observations."""
-    try:
-        env = gym.make(env_id)
-    except gym.error.Error as e:
-        sys.exit(f"error: cannot make env {env_id!r}: {e}")
-    action_space, observation_space = env.action_space, env.observation_space
-    env.close()
-    if not isinstance(action_space, gym.spaces.Box):
-        sys.exit(f"error: FMER needs a continuous (Box) action space; {env_id} has {action_space}")
-    if not (np.isfinite(action_space.low).all() and np.isfinite(action_space.high).all()):
-        sys.exit(f"error: FMER squashes actions with tanh and needs finite bounds; {env_id} has {action_space}")
-    if not isinstance(observation_space, gym.spaces.Box) or len(observation_space.shape) != 1:
-        sys.exit(f"error: FMER here needs a flat Box observation space; {env_id} has {observation_space}")
-    return action_space, observation_space
-
-
-def check_args(args: Args, device: torch.device) -> None:
-    """Exit with one line on flags that cannot work together."""
+def check_args(args: Args, device: torch.device) -> tuple[gym.spaces.Box, gym.spaces.Box]:
+    """Exit with one line on flags that cannot work together, or an env without finite Box actions and flat Box
+    observations; returns the env's action and observation spaces."""
     for name, value in vars(args).items():  # the counts, sizes and frequencies
-        if type(value) is int and name not in ("seed", "learning_starts") and value < 1:
+        if type(value) is int and name not in ("seed", "learning_starts", "checkpoint_frequency") and value < 1:
             sys.exit(f"error: --{name.replace('_', '-')} must be at least 1, got {value}")
     if not 1.0 <= args.ess_target <= args.num_candidates:
         sys.exit(f"error: --ess-target must lie in [1, --num-candidates={args.num_candidates}]")
@@ -607,54 +485,38 @@ def check_args(args: Args, device: torch.device) -> None:
         sys.exit(f"error: --alpha-init and --beta-init must be positive, got {args.alpha_init} and {args.beta_init}")
     if args.cudagraphs and device.type != "cuda":
         sys.exit("error: --cudagraphs needs a CUDA device (try --compile alone)")
+    if args.resume and args.run_name is None:
+        sys.exit("error: --resume needs --run-name NAME: the run's folder under runs/")
+    try:  # with --capture-video, render once now: a missing OpenGL back end fails here, not at the first evaluation
+        env = gym.make(args.env_id, render_mode="rgb_array" if args.capture_video else None)
+        if args.capture_video:
+            env.reset()
+            env.render()
+    except Exception as e:
+        gl = " (--capture-video: set MUJOCO_GL=egl on a GPU, osmesa on a CPU)" if args.capture_video else ""
+        sys.exit(f"error: cannot make env {args.env_id!r}{gl}: {type(e).__name__}: {e}")
+    act_space, obs_space = env.action_space, env.observation_space
+    env.close()
+    bounded = isinstance(act_space, gym.spaces.Box) and np.isfinite([act_space.low, act_space.high]).all()
+    if not (bounded and isinstance(obs_space, gym.spaces.Box) and len(obs_space.shape) == 1):
+        sys.exit(
+            f"error: FMER needs bounded Box actions and flat Box observations; {args.env_id} has {act_space}, {obs_space}"
+        )
+    return act_space, obs_space
 
 
-def start_video(args: Args, eval_envs) -> float | None:
-    """--capture-video: render once now, so that a missing OpenGL back end fails here; returns the frame rate (or None)."""
-    if not args.capture_video:
-        return None
-    try:
-        with warnings.catch_warnings(action="ignore"):  # GLFW's own complaints, before the failure
-            eval_envs.envs[0].render()
-    except Exception as e:  # e.g. GLFW without a display, or pygame missing for a classic-control env
-        gl, fix = os.environ.get("MUJOCO_GL", "(unset: glfw)"), "set MUJOCO_GL=egl on a GPU machine or MUJOCO_GL=osmesa"
-        fix += " on a CPU one (apt-get install libosmesa6), or run without --capture-video"
-        sys.exit(f"error: --capture-video cannot render with MUJOCO_GL={gl} ({type(e).__name__}: {e}): {fix}")
-    os.makedirs(f"videos/{args.run_name}", exist_ok=True)
-    return eval_envs.metadata["render_fps"]
-
-
-def start_tracking(args: Args) -> None:
-    """--track: W&B mirrors the tensorboard log; a resumed run continues its W&B run."""
-    try:
-        import wandb
-    except ImportError:
-        sys.exit("error: --track needs wandb: pip install wandb==0.31.0")
-    run = {"name": args.run_name, "id": args.run_name, "resume": "allow", "config": vars(args), "save_code": True}
-    wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True, **run)
-
-
-def write_metrics(writer: SummaryWriter, metrics: dict, step: int, model_step: int | None) -> None:
+def write_metrics(writer: SummaryWriter, metrics: dict, step: int) -> None:
     """The latest losses to tensorboard, in one host sync; exit with one line if one is not finite."""
     values = torch.stack(list(metrics.values())).tolist()
     for name, value in zip(metrics, values):
         if not math.isfinite(value):
-            kept = f" (checkpoint of step {model_step} kept)" if model_step is not None else ""
-            sys.exit(f"error: {name.split('/')[1]} is {value} at step {step}; stopping{kept}")
+            sys.exit(f"error: {name.split('/')[1]} is {value} at step {step}; stopping (a saved model is kept)")
         writer.add_scalar(name, value, step)
 
 
-def progress_line(args: Args, step: int, sps: float, last_return: float) -> str:
-    warm_up = step < args.learning_starts  # its SPS says nothing of learning's: no ETA yet
-    until, end = ("learning starts in", args.learning_starts) if warm_up else ("ETA", args.total_timesteps)
-    eta = f"{until} {(end - step) / max(sps, 1e-9) / 60:.1f} min  last return {last_return:.1f}"
-    return f"step {step}/{args.total_timesteps} ({'warm-up' if warm_up else 'learning'})  SPS {sps:.1f}  {eta}"
-
-
 class CudaGraphFunction:
-    """fn(*tensors) replayed as one CUDA graph (ours, LeanRL's). WARMUP_CALLS eager calls on a side stream, then one that
-    captures; later calls copy their inputs into the captured ones and replay (outputs are overwritten by the next).
-    fn must keep its shapes from call to call."""
+    """fn(*tensors) replayed as one CUDA graph (ours, LeanRL's): WARMUP_CALLS eager calls on a side stream, one that
+    captures, then replays on inputs copied into the captured ones (outputs are overwritten by the next; same shapes)."""
 
     WARMUP_CALLS = 3
 
@@ -682,44 +544,46 @@ class CudaGraphFunction:
 
 
 if __name__ == "__main__":
-    args, state, run_dir = resolve_run(tyro.cli(Args))  # --resume: the saved run's args, training state and folder
+    args = tyro.cli(Args)
+    sys.stdout.reconfigure(line_buffering=True)  # each line reaches a log file (Slurm's) as it is printed
     if args.ess_target is None:
         args.ess_target = default_ess_target(args.num_candidates)
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-    check_args(args, device)
+    action_space, observation_space = check_args(args, device)
+    args.run_name = args.run_name or f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    model_path, state_path = f"runs/{args.run_name}/{args.exp_name}.fmer_model", f"runs/{args.run_name}/state.pt"
+    state = load_state(state_path, device) if args.resume and os.path.exists(state_path) else None
+    start_step = state["counters"]["global_step"] if state else 0
+    if args.track:  # W&B mirrors the tensorboard log; a resumed run continues its W&B run
+        import wandb
 
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
+        run = {"name": args.run_name, "id": args.run_name, "resume": "allow", "config": vars(args), "save_code": True}
+        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True, **run)
+    writer = SummaryWriter(
+        f"runs/{args.run_name}", purge_step=start_step + 1 if state else 0
+    )  # drops what was logged after the save
+    table = "\n".join(f"|{key}|{value}|" for key, value in vars(args).items())
+    writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}", start_step)
+
+    # A resumed run starts new episodes with every generator seeded from (seed, step): one state resumes as one run.
+    seed = args.seed if state is None else int(np.random.SeedSequence([args.seed, start_step]).generate_state(1)[0])
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
 
-    action_space, observation_space = check_env(args.env_id)
     obs_dim, act_dim = observation_space.shape[0], action_space.shape[0]
     action_scale, action_bias = (action_space.high - action_space.low) / 2.0, (action_space.high + action_space.low) / 2.0
     eval_envs = make_vector_env(args.env_id, args.eval_episodes, args.capture_video)
-    eval_envs.reset(seed=args.seed + 10_000)  # seeds the eval envs' RNGs once; evaluate() continues them
+    eval_envs.reset(seed=seed + 10_000)  # seeds the eval envs' RNGs once; evaluate() continues them
     actor = VelocityField(obs_dim, act_dim, args.hidden_dim).to(device)
     critic = TwinQ(obs_dim, act_dim, args.hidden_dim).to(device)
-
-    envs = make_vector_env(args.env_id, args.num_envs)
-    video_fps = start_video(args, eval_envs)
-    if args.track:
-        start_tracking(args)
-    # A resumed run appends to the same log; TensorBoard drops what the stopped run logged after its save
-    # (all of it, for a run stopped before its first save). The table is rewritten: --total-timesteps may rise.
-    start_step = state["counters"]["global_step"] if state else 0
-    writer = SummaryWriter(run_dir, purge_step=start_step + 1 if state else 0)
-    table = "\n".join(f"|{key}|{value}|" for key, value in vars(args).items())
-    writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}", start_step)
-    model_path, state_path = f"{run_dir}/{args.exp_name}.fmer_model", f"{run_dir}/state.pt"
-
     target_critic = TwinQ(obs_dim, act_dim, args.hidden_dim).to(device)
     target_critic.load_state_dict(critic.state_dict())
     log_alpha = torch.tensor(math.log(args.alpha_init), device=device, requires_grad=True)
     log_beta = torch.tensor(math.log(args.beta_init), device=device, requires_grad=True)
-    # Learning rate and target entropy are device tensors changed in place: a compiled or captured update reads them.
-    # On CUDA, Adam's step counts live on the device (capturable): CUDA graphs need it, and so does foreach Adam (CUDA's
-    # default) for a tensor learning rate. It costs a few tiny kernels.
+    envs = make_vector_env(args.env_id, args.num_envs)
+    # lr and target entropy: device tensors filled in place, which compiled or captured updates read (CUDA Adam: capturable)
     capturable = device.type == "cuda"
     warnings.filterwarnings("ignore", message=".*capturable=True can impair performance")
     actor_lr = torch.tensor(args.actor_lr, device=device)
@@ -728,6 +592,7 @@ if __name__ == "__main__":
     alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.alpha_lr, capturable=capturable)
     beta_optimizer = torch.optim.Adam([log_beta], lr=args.beta_lr, capturable=capturable)
     target_entropy = torch.tensor(act_dim * args.target_entropy_start, device=device)
+    schedules = {"charts/target_entropy": target_entropy, "charts/learning_rate": actor_lr}
     K, N = args.num_candidates, args.ode_steps
 
     def critic_step(*batch):
@@ -746,36 +611,30 @@ if __name__ == "__main__":
         critic_step, actor_step, act = CudaGraphFunction(critic_step), CudaGraphFunction(actor_step), CudaGraphFunction(act)
 
     rb = ReplayBuffer(min(args.buffer_size, args.total_timesteps), obs_dim, act_dim, device)
-    rng = np.random.default_rng(args.seed)
-    obs, _ = envs.reset(seed=args.seed)
-    global_step, num_updates, last_return, model_step, metrics = 0, 0, float("nan"), None, {}
+    rng = np.random.default_rng(seed)
+    obs, _ = envs.reset(seed=seed)
     learner = {"actor": actor, "critic": critic, "target_critic": target_critic, "log_alpha": log_alpha, "log_beta": log_beta}
     optimizers = [actor_optimizer, critic_optimizer, alpha_optimizer, beta_optimizer]
+    global_step, num_updates, last_return, metrics = 0, 0, float("nan"), {}
     if state is not None:  # continue where the saved run stopped
-        metrics = restore_training_state(state, learner, optimizers, rb, rng, envs, eval_envs, device)
-        obs, _ = envs.reset()  # at an episode boundary, the very reset the saved run did
-        global_step, num_updates = state["counters"]["global_step"], state["counters"]["num_updates"]
-        last_return, model_step = state["counters"]["last_return"], state["counters"]["model_step"]
-        print(f"resuming {run_dir} at step {global_step}", flush=True)
+        restore_state(state, learner, optimizers, rb)
+        global_step, num_updates, last_return = (state["counters"][k] for k in ("global_step", "num_updates", "last_return"))
 
-    def save_training_state():
-        counters = dict(global_step=global_step, num_updates=num_updates, last_return=last_return, model_step=model_step)
-        saved = training_state(args, learner, optimizers, rb, metrics, counters, rng, envs, eval_envs, device)
-        save_atomically(saved, state_path)
-
-    print(f"{run_dir}: {args.total_timesteps} steps on {device}, random actions until step {args.learning_starts}", flush=True)
-    stop_signal = []  # SIGTERM, SIGUSR1 (Slurm's preemption and time-limit warning), Ctrl-C: save at the step's end, exit
-    for signum in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
-        signal.signal(signum, lambda signum, frame: stop_signal.append(signum))
-    start_time = window_time = time.time()
-    last_print = start_time - max(args.progress_seconds - 10.0, 0.0)  # the first progress line comes after 10 s
+    resumed = f", resumed at step {start_step}" if state else ""
+    print(
+        f"runs/{args.run_name}: {args.total_timesteps} steps on {device}, learning from step {args.learning_starts}{resumed}"
+    )
+    stop = []  # SIGTERM, SIGUSR1 (Slurm's preemption and time-limit warning), Ctrl-C: stop at the end of the step
+    for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):  # then a second Ctrl-C stops at once
+        signal.signal(s, lambda s, _: stop.append(s) or signal.signal(signal.SIGINT, signal.default_int_handler))
+    start_time = window_time = last_print = time.time()
     # SPS skips the windows of the fast path's first calls: compiling at the first update, graph capture after WARMUP_CALLS.
     window_step, first_update = global_step, max(global_step, args.learning_starts)
     burn_in_end = first_update + (CudaGraphFunction.WARMUP_CALLS + 1) * args.policy_frequency * args.num_envs
 
     # A step is one env transition; a vector step (num_envs of them) is followed by num_envs * updates_per_step updates.
     # `global_step % frequency < num_envs`: this vector step passed a multiple of frequency.
-    try:
+    try:  # the writer is closed however the run ends, so that the log keeps every step
         while global_step < args.total_timesteps:
             if global_step < args.learning_starts:
                 actions = rng.uniform(-1.0, 1.0, size=(args.num_envs, act_dim)).astype(np.float32)
@@ -808,40 +667,32 @@ if __name__ == "__main__":
                     writer.add_scalar("charts/SPS", sps, global_step)
                 window_step, window_time = global_step, now
                 if metrics:
-                    schedules = {"charts/target_entropy": target_entropy, "charts/learning_rate": actor_lr}
-                    write_metrics(writer, {**metrics, **schedules}, global_step, model_step)
+                    write_metrics(writer, {**metrics, **schedules}, global_step)
                 if now - last_print >= args.progress_seconds:
                     last_print = now
-                    print(progress_line(args, global_step, sps, last_return), flush=True)
+                    print(f"step {global_step}/{args.total_timesteps}  SPS {sps:.1f}  last return {last_return:.1f}")
 
             if global_step % args.eval_frequency < args.num_envs or global_step >= args.total_timesteps:
                 frames = [] if args.capture_video else None
                 returns, lengths = evaluate(actor, critic, eval_envs, action_scale, action_bias, K, N, device, frames)
                 if frames:  # --capture-video: env 0's episode
-                    imageio.mimwrite(f"videos/{args.run_name}/eval_step{global_step:08d}.mp4", frames, fps=video_fps)
+                    os.makedirs(f"videos/{args.run_name}", exist_ok=True)
+                    fps = eval_envs.metadata["render_fps"]
+                    imageio.mimwrite(f"videos/{args.run_name}/eval_step{global_step:08d}.mp4", frames, fps=fps)
                 writer.add_scalar("eval/episodic_return", returns.mean(), global_step)
                 writer.add_scalar("eval/episodic_length", lengths.mean(), global_step)
-                print(f"step {global_step}: eval return {returns.mean():.1f} +- {returns.std():.1f}", flush=True)
-                if args.save_model and save_checkpoint(model_path, actor, critic, log_alpha, log_beta, args):
-                    model_step = global_step
+                print(f"step {global_step}: eval return {returns.mean():.1f} +- {returns.std():.1f}")
+                if args.save_model:
+                    save(model_path, args, learner)
 
-            if global_step % args.checkpoint_frequency < args.num_envs or stop_signal:
-                save_training_state()
-            if stop_signal:
-                model = args.save_model and save_checkpoint(model_path, actor, critic, log_alpha, log_beta, args)
-                name = signal.Signals(stop_signal[0]).name
-                saved = f"state saved to {state_path}" + (f", model to {model_path}" if model else "")
-                print(f"{name} at step {global_step}: {saved}; continue with --resume {run_dir}", file=sys.stderr)
-                sys.exit(128 + stop_signal[0])
-        save_training_state()  # the end: a raised --total-timesteps can continue from here
-    except Exception:
-        if args.save_model and save_checkpoint(model_path, actor, critic, log_alpha, log_beta, args):
-            print(f"crashed at step {global_step}; model saved to {model_path}", file=sys.stderr)
-        raise
+            done = stop or global_step >= args.total_timesteps
+            if args.checkpoint_frequency and (done or global_step % args.checkpoint_frequency < args.num_envs):
+                counters = {"global_step": global_step, "num_updates": num_updates, "last_return": last_return}
+                extra = {"optimizers": [o.state_dict() for o in optimizers], "replay_buffer": rb.state_dict()}
+                save(state_path, args, learner, **extra, counters=counters, device=device.type)
+            if stop:
+                print(f"{signal.Signals(stop[0]).name}: stopped at step {global_step}", file=sys.stderr)
+                sys.exit(128 + stop[0])
     finally:
-        envs.close()
-        eval_envs.close()
         writer.close()
-
-    model = f"; model of step {model_step} saved to {model_path}" if model_step is not None else ""
-    print(f"done: {global_step} steps in {(time.time() - start_time) / 60:.1f} min{model}")
+    print(f"done: {global_step} steps in {(time.time() - start_time) / 60:.1f} min")

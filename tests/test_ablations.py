@@ -102,7 +102,7 @@ CHANGES = {
         "flow_losses",
         "update_critic",
         "update_actor",
-        "check_env",
+        "check_args",
     ],
     "exact_divergence": ["hutchinson_divergence", "flow_losses"],
     "fixed_beta": ["Args", "update_actor", "check_args"],
@@ -622,9 +622,10 @@ def test_fixed_beta_refuses_a_non_positive_beta(name, tmp_path):
 
 
 def test_clip_refuses_unbounded_actions():
-    gym.register("FmerAblationUnbounded-v0", entry_point=lambda: _UnboundedEnv())
-    with pytest.raises(SystemExit, match="clips actions"):
-        AB["clip"].check_env("FmerAblationUnbounded-v0")
+    gym.register("FmerAblationUnbounded-v0", entry_point=lambda **kwargs: _UnboundedEnv())
+    args = AB["clip"].Args(env_id="FmerAblationUnbounded-v0", ess_target=4.0)
+    with pytest.raises(SystemExit, match="clips actions to finite Box bounds"):
+        AB["clip"].check_args(args, torch.device("cpu"))
 
 
 class _UnboundedEnv(gym.Env):

@@ -1,6 +1,7 @@
 """fmer_kitchen.py: the task sets, the real env's reward and termination, and a smoke run."""
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -197,6 +198,7 @@ def test_smoke_run_logs_completion_tags_and_its_checkpoint_evaluates(two_smoke_r
     ):
         assert rate == done / 2 and ret == done
 
+    assert not (run_dir / "state.pt").exists()  # a plain run writes no training state
     checkpoint_path = run_dir / "fmer_kitchen.fmer_model"
     assert torch.load(checkpoint_path, weights_only=True)["args"]["tasks"] == fk.TASK_SETS[2]
     # benchmark/evaluate.py runs the kitchen's evaluate on the checkpoint's tasks
@@ -204,3 +206,26 @@ def test_smoke_run_logs_completion_tags_and_its_checkpoint_evaluates(two_smoke_r
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "(fmer_kitchen.py) on ['light switch', 'slide cabinet']: completion rate" in result.stdout
+
+
+@pytest.mark.slow
+def test_a_stopped_job_continues_to_the_end_with_every_evaluation_once(tmp_path):
+    """The parent's resume (tests/test_resume.py) in the kitchen: SIGTERM mid-episode (step 100 of a 280-step
+    episode) saves the state, and the same command continues it to the end."""
+    from test_resume import DRIVER  # runs a script and signals it after a chosen number of training vector steps
+
+    job = "--num-tasks 1 --total-timesteps 150 --learning-starts 50 --eval-frequency 75 --eval-episodes 2 --hidden-dim 16"
+    job = [*job.split(), *"--num-candidates 4 --ode-steps 2 --batch-size 16 --log-frequency 25 --run-name job".split()]
+    job += ["--resume", "--checkpoint-frequency", "1000"]
+    driver = [sys.executable, "-c", DRIVER, "100", str(int(signal.SIGTERM)), str(SCRIPT)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    stopped = subprocess.run([*driver, *job], cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-3000:]
+    assert stopped.stderr.strip().splitlines()[-1] == "SIGTERM: stopped at step 100"
+    assert torch.load(tmp_path / "runs/job/state.pt", weights_only=True)["counters"]["global_step"] == 100
+    resumed = run_script(job, tmp_path)
+    assert resumed.returncode == 0 and "resumed at step 100" in resumed.stdout, resumed.stderr[-3000:]
+    logged = read_scalars(tmp_path / "runs/job")
+    assert [step for step, _ in logged["eval/completion_rate"]] == [75, 150]  # each once: 75 before the stop
+    losses = [step for step, _ in logged["losses/qf_loss"]]
+    assert losses == [50, 75, 100, 125, 150]  # no step twice, none lost

@@ -601,28 +601,8 @@ def drifted(copy, parent, parent_path) -> list[str]:
 
 # What each sibling changes, and only that: its env and what follows from it (observation, metrics, run name).
 SIBLING_CHANGES = {
-    "fmer_kitchen": [
-        "Args",
-        "make_env",
-        "make_vector_env",
-        "evaluate",
-        "RememberResetRNG",
-        "resolve_run",
-        "check_env",
-    ],
-    "fmer_multigoal": [
-        "Args",
-        "make_env",
-        "make_vector_env",
-        "evaluate",
-        "add_vector_step",
-        "save_checkpoint",
-        "resolve_run",
-        "training_state",
-        "restore_training_state",
-        "check_env",
-        "start_video",
-    ],
+    "fmer_kitchen": ["Args", "make_env", "make_vector_env", "evaluate", "check_args"],
+    "fmer_multigoal": ["Args", "make_env", "make_vector_env", "evaluate", "add_vector_step", "check_args"],
 }
 
 

@@ -2,6 +2,8 @@
 smoke run."""
 
 import importlib.util
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -220,6 +222,7 @@ def test_smoke_run_writes_goal_metrics_and_checkpoints_that_draw(tmp_path):
     names = sorted(p.name for p in run_dir.glob("*.fmer_model"))
     assert names == ["fmer_multigoal.fmer_model", "fmer_multigoal_0000120.fmer_model", "fmer_multigoal_0000240.fmer_model"]
     assert torch.load(run_dir / names[1], weights_only=True)["step"] == 120
+    assert not (run_dir / "state.pt").exists()  # a plain run writes no training state
 
     # the companion draws the run's pictures from them: (a)-(c) of the latest, (d) over the two
     proc = subprocess.run(
@@ -280,6 +283,31 @@ def test_same_seed_same_run_on_cpu(tmp_path):
         assert proc.returncode == 0, proc.stderr[-3000:]
         lines.append([line for line in proc.stdout.splitlines() if ": eval return" in line])
     assert len(lines[0]) == 2 and lines[0] == lines[1]
+
+
+@pytest.mark.slow
+def test_a_stopped_job_continues_to_the_end_with_every_evaluation_once(tmp_path):
+    """The parent's resume (tests/test_resume.py) here: SIGTERM at step 150 saves the state, and the same command
+    continues it to the end."""
+    from test_resume import DRIVER  # runs a script and signals it after a chosen number of training vector steps
+
+    job = "--total-timesteps 200 --learning-starts 100 --eval-frequency 100 --eval-episodes 4 --hidden-dim 16"
+    job = [*job.split(), *"--num-candidates 4 --ode-steps 2 --batch-size 16 --log-frequency 25 --run-name job".split()]
+    job += ["--resume", "--checkpoint-frequency", "1000"]
+    script = str(ROOT / "fmer_multigoal.py")
+    driver = [sys.executable, "-c", DRIVER, "150", str(int(signal.SIGTERM)), script]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    stopped = subprocess.run([*driver, *job], cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-3000:]
+    assert stopped.stderr.strip().splitlines()[-1] == "SIGTERM: stopped at step 150"
+    assert torch.load(tmp_path / "runs/job/state.pt", weights_only=True)["counters"]["global_step"] == 150
+    resumed = subprocess.run([sys.executable, script, *job], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0 and "resumed at step 150" in resumed.stdout, resumed.stderr[-3000:]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tmp_path / "runs/job"), size_guidance={"scalars": 0}).Reload()
+    assert [e.step for e in acc.Scalars("eval/goals_reached")] == [100, 200]  # each once: 100 before the stop
+    assert [e.step for e in acc.Scalars("losses/qf_loss")] == [100, 125, 150, 175, 200]  # no step twice, none lost
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])

@@ -153,7 +153,12 @@ def checkpoint_files(paths: list[str]) -> list[str]:
 
 def load(path: str, device: torch.device):
     """(actor, critic, args, step) of one fmer_multigoal.py checkpoint."""
-    checkpoint = mg.load_file(path, "checkpoint", {"actor", "critic", "args"})
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a missing, truncated or foreign file
+        sys.exit(f"error: cannot read checkpoint {path} ({type(e).__name__})")
+    if not (isinstance(checkpoint, dict) and checkpoint.get("script") == "fmer_multigoal.py"):
+        sys.exit(f"error: {path} is not a checkpoint of fmer_multigoal.py")
     saved = checkpoint["args"]
     actor = mg.VelocityField(2, 2, saved["hidden_dim"]).to(device)
     critic = mg.TwinQ(2, 2, saved["hidden_dim"]).to(device)
