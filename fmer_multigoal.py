@@ -577,18 +577,17 @@ def restore_state(state: dict, learner: dict, optimizers: list, rb: ReplayBuffer
         for name, part in learner.items():
             part.load_state_dict(state[name]) if isinstance(part, nn.Module) else part.copy_(state[name])
     for optimizer, saved in zip(optimizers, state["optimizers"]):
-        lrs = [group["lr"] for group in optimizer.param_groups]
+        lr = optimizer.param_groups[0]["lr"]  # one param group each
         optimizer.load_state_dict(saved)
-        for group, lr in zip(optimizer.param_groups, lrs):
-            group["lr"] = lr
+        optimizer.param_groups[0]["lr"] = lr
     rb.load_state_dict(state["replay_buffer"])
 
 
 def check_args(args: Args, device: torch.device) -> tuple[gym.spaces.Box, gym.spaces.Box]:
     """Exit with one line on flags that cannot work together; returns the env's action and observation spaces."""
-    for name, value in vars(args).items():  # the counts, sizes and frequencies
-        if type(value) is int and name not in ("seed", "learning_starts", "checkpoint_frequency") and value < 1:
-            sys.exit(f"error: --{name.replace('_', '-')} must be at least 1, got {value}")
+    for name, n in vars(args).items():  # the counts, sizes and frequencies
+        if type(n) is int and name not in ("seed", "learning_starts", "checkpoint_frequency") and n < 1:
+            sys.exit(f"error: --{name.replace('_', '-')} must be at least 1, got {n}")
     if not 1.0 <= args.ess_target <= args.num_candidates:
         sys.exit(f"error: --ess-target must lie in [1, --num-candidates={args.num_candidates}]")
     if not (args.alpha_init > 0.0 and args.beta_init > 0.0):
@@ -606,7 +605,7 @@ def write_metrics(writer: SummaryWriter, metrics: dict, step: int) -> None:
     values = torch.stack(list(metrics.values())).tolist()
     for name, value in zip(metrics, values):
         if not math.isfinite(value):
-            sys.exit(f"error: {name.split('/')[1]} is {value} at step {step}; stopping (a saved model is kept)")
+            sys.exit(f"error: {name.split('/')[1]} is {value} at step {step}; stopping")
         writer.add_scalar(name, value, step)
 
 

@@ -44,7 +44,7 @@ class Args:
     cudagraphs: bool = False
     """replay the update and act functions as CUDA graphs (ours, as LeanRL; CUDA only; add --compile for full speed)"""
     save_model: bool = False
-    """save the model at every evaluation, at the end, and on a stop signal or a crash (for benchmark/evaluate.py)"""
+    """save the model to runs/{run_name}/{exp_name}.fmer_model at every evaluation (for benchmark/evaluate.py)"""
     run_name: str | None = None
     """the run's folder under runs/ (default: {env_id}__{exp_name}__{seed}__{unix time})"""
     resume: bool = False
@@ -456,19 +456,18 @@ def restore_state(state: dict, learner: dict, optimizers: list, rb: ReplayBuffer
         for name, part in learner.items():
             part.load_state_dict(state[name]) if isinstance(part, nn.Module) else part.copy_(state[name])
     for optimizer, saved in zip(optimizers, state["optimizers"]):
-        lrs = [group["lr"] for group in optimizer.param_groups]
+        lr = optimizer.param_groups[0]["lr"]  # one param group each
         optimizer.load_state_dict(saved)
-        for group, lr in zip(optimizer.param_groups, lrs):
-            group["lr"] = lr
+        optimizer.param_groups[0]["lr"] = lr
     rb.load_state_dict(state["replay_buffer"])
 
 
 def check_args(args: Args, device: torch.device) -> tuple[gym.spaces.Box, gym.spaces.Box]:
     """Exit with one line on flags that cannot work together, or an env without finite Box actions and flat Box
     observations; returns the env's action and observation spaces."""
-    for name, value in vars(args).items():  # the counts, sizes and frequencies
-        if type(value) is int and name not in ("seed", "learning_starts", "checkpoint_frequency") and value < 1:
-            sys.exit(f"error: --{name.replace('_', '-')} must be at least 1, got {value}")
+    for name, n in vars(args).items():  # the counts, sizes and frequencies
+        if type(n) is int and name not in ("seed", "learning_starts", "checkpoint_frequency") and n < 1:
+            sys.exit(f"error: --{name.replace('_', '-')} must be at least 1, got {n}")
     if not 1.0 <= args.ess_target <= args.num_candidates:
         sys.exit(f"error: --ess-target must lie in [1, --num-candidates={args.num_candidates}]")
     if not (args.alpha_init > 0.0 and args.beta_init > 0.0):
@@ -477,6 +476,7 @@ def check_args(args: Args, device: torch.device) -> tuple[gym.spaces.Box, gym.sp
         sys.exit("error: --cudagraphs needs a CUDA device (try --compile alone)")
     if args.resume and args.run_name is None:
         sys.exit("error: --resume needs --run-name NAME: the run's folder under runs/")
+    warnings.filterwarnings("ignore", module="glfw")  # its complaints before a failed render
     try:  # with --capture-video, render once now: a missing OpenGL back end fails here, not at the first evaluation
         env = gym.make(args.env_id, render_mode="rgb_array" if args.capture_video else None)
         if args.capture_video:
@@ -500,7 +500,7 @@ def write_metrics(writer: SummaryWriter, metrics: dict, step: int) -> None:
     values = torch.stack(list(metrics.values())).tolist()
     for name, value in zip(metrics, values):
         if not math.isfinite(value):
-            sys.exit(f"error: {name.split('/')[1]} is {value} at step {step}; stopping (a saved model is kept)")
+            sys.exit(f"error: {name.split('/')[1]} is {value} at step {step}; stopping")
         writer.add_scalar(name, value, step)
 
 
