@@ -108,9 +108,7 @@ class Protocol(BaseCallback):
         if self.model.num_timesteps > self.done_step:
             self.end_of_step()
 
-    def _on_training_end(self) -> None:
-        if self.model.num_timesteps > self.done_step:  # the last step
-            self.end_of_step()
+    _on_training_end = _on_rollout_start  # the last step
 
     def end_of_step(self) -> None:
         args, writer, step = self.args, self.writer, self.model.num_timesteps
@@ -134,13 +132,8 @@ class Protocol(BaseCallback):
         frequency = args.checkpoint_frequency
         saved = frequency > 0 and (step % frequency == 0 or self.stop_signal) and self.save_state(step)
         if self.stop_signal:
-            name = signal.Signals(self.stop_signal[0]).name
-            what = (
-                f"state saved to {self.run_dir}; continue with --run-name {args.run_name} --resume"
-                if saved
-                else "no state saved"
-            )
-            print(f"{name} at step {step}: {what}", file=sys.stderr, flush=True)
+            what = f"state saved to {self.run_dir}; continue it with --resume" if saved else "no state saved"
+            print(f"{signal.Signals(self.stop_signal[0]).name} at step {step}: {what}", file=sys.stderr, flush=True)
             sys.exit(128 + self.stop_signal[0])
 
     def save_state(self, step: int) -> bool:
@@ -183,10 +176,8 @@ def check_env(env_id: str) -> None:
         sys.exit(f"error: cannot make env {env_id!r}: {e}")
     action_space, observation_space = env.action_space, env.observation_space
     env.close()
-    if not isinstance(action_space, gym.spaces.Box):
-        sys.exit(f"error: SAC needs a continuous (Box) action space; {env_id} has {action_space}")
-    if not (np.isfinite(action_space.low).all() and np.isfinite(action_space.high).all()):
-        sys.exit(f"error: SAC squashes actions with tanh and needs finite bounds; {env_id} has {action_space}")
+    if not isinstance(action_space, gym.spaces.Box) or not np.isfinite([action_space.low, action_space.high]).all():
+        sys.exit(f"error: SAC needs a continuous (Box) action space with finite bounds; {env_id} has {action_space}")
     if not isinstance(observation_space, gym.spaces.Box):
         sys.exit(f"error: SB3's MlpPolicy needs a Box observation space; {env_id} has {observation_space}")
 

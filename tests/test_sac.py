@@ -71,7 +71,7 @@ def plain(tmp_path_factory) -> Path:
     "args, message",
     [
         (["--env-id", "NoSuchEnv-v0"], "error: cannot make env 'NoSuchEnv-v0'"),
-        (["--env-id", "CartPole-v1"], "error: SAC needs a continuous (Box) action space"),
+        (["--env-id", "CartPole-v1"], "error: SAC needs a continuous (Box) action space with finite bounds"),
         (["--eval-episodes", "0"], "error: --eval-episodes must be at least 1, got 0"),
         (["--resume"], "error: --resume needs --run-name NAME"),
         (["--resume", "--run-name", "foreign"], "error: runs/foreign/state.json is not a training state of sac_continuous.py"),
