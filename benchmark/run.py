@@ -239,19 +239,15 @@ def declared_flags(script: Path) -> set[str] | None:
 def script_flags(script: str, extra: list[str]) -> list[str]:
     """The pass-through flags (each with its values) that the script declares; a note for each one it does not."""
     declared = declared_flags(ROOT / script) if (ROOT / script).exists() else None
-    groups = []  # ["--a", "1", "--b=2", "--c"] -> [["--a", "1"], ["--b=2"], ["--c"]]
-    for token in extra:
-        if token.startswith("--") or not groups:
-            groups.append([token])
-        else:
-            groups[-1].append(token)
-    kept = []
-    for group in groups:
-        flag = group[0].split("=")[0]
-        if declared is None or flag.replace("_", "-") in declared:  # tyro takes --num_envs for --num-envs too
-            kept += group
-        else:
-            print(f"note: {script} takes no {flag}: not passed to it", file=sys.stderr)
+    kept, keep = [], True
+    for token in extra:  # a flag, then its values: ["--a", "1", "--b=2", "--c"]
+        if token.startswith("--"):
+            flag = token.split("=")[0]
+            keep = declared is None or flag.replace("_", "-") in declared  # tyro takes --num_envs for --num-envs too
+            if not keep:
+                print(f"note: {script} takes no {flag}: not passed to it", file=sys.stderr)
+        if keep:
+            kept.append(token)
     return kept
 
 
