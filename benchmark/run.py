@@ -1,4 +1,4 @@
-"""Run a grid of FMER experiments (script x env x seed): locally, as a Slurm job array, or just print it.
+"""Run a grid of FMER and baseline experiments (script x env x seed): locally, as a Slurm job array, or just print it.
 
     python benchmark/run.py --preset mujoco --dry-run                  # the paper's MuJoCo grid, printed
     python benchmark/run.py --preset mujoco --workers 4                # ... run here, 4 at a time
@@ -8,14 +8,16 @@
 
 A run is (script, its own args, seed): `--env-id E` for the MuJoCo-style scripts, `--num-tasks N`
 for fmer_kitchen.py, nothing for a script with a single env (fmer_multigoal.py). Every flag this
-runner does not know (above: --total-timesteps ...) is passed on, unchanged, to every run. Runs
-execute with the repository root as their working directory, so their tensorboard logs land in
-its runs/ folder, where benchmark/summarize.py reads them. The presets use the scripts' defaults,
-which are the paper's protocol: 1M steps, evaluation every 10k steps over 10 episodes.
+runner does not know (above: --total-timesteps ...) is passed on, unchanged, to every run whose
+script declares it (a field of its `Args`); a script that does not is told nothing of it, and a
+note says so (e.g. --num-candidates never reaches benchmark/sac_continuous.py). Runs execute with
+the repository root as their working directory, so their tensorboard logs land in its runs/
+folder, where benchmark/summarize.py reads them. The presets use the scripts' defaults, which are
+the paper's protocol: 1M steps, evaluation every 10k steps over 10 episodes.
 """
 
+import ast
 import os
-import re
 import shlex
 import subprocess
 import sys
@@ -123,6 +125,13 @@ ABLATIONS: Plan = [
 GRID_FLAGS = ("--seed", "--env-id", "--num-tasks")
 # ... and those a Slurm array sets per task (each task resumes its own run folder).
 SLURM_FLAGS = ("--run-name", "--resume")
+# What a script needs to run in a Slurm array: --no-resume is there when --resume is a switch (a bool field), as the
+# array task passes it; --checkpoint-frequency, which the array sets unless the user gives it.
+RESUME_FLAGS = {"--run-name", "--resume", "--no-resume", "--checkpoint-frequency"}
+# An array task saves every 50k steps (5% of 1M): killed with no time to save (a node failure, a preemption grace time
+# shorter than the write), it loses at most 50k steps, ~2 min at a GPU's 42 min per 1M-step run. A state grows with its
+# buffer, so 20 saves write ~10 full states (Humanoid's 2.7 GB: seconds on a fast disk, 160 s on a slow one).
+SLURM_CHECKPOINT_FREQUENCY = 50_000
 # The env part of the run name of a script that takes neither --env-id nor --num-tasks (the scripts'
 # own run names: see run_name_stable).
 SINGLE_ENV = {"fmer_multigoal.py": "MultiGoal"}
@@ -131,7 +140,8 @@ SINGLE_ENV = {"fmer_multigoal.py": "MultiGoal"}
 @dataclass
 class Args:
     preset: Literal["mujoco", "kitchen", "ablations"] | None = None
-    """a paper grid: mujoco (fmer_continuous.py on 4 envs), kitchen (fmer_kitchen.py, N = 1, 2, 4, 7), ablations"""
+    """a paper grid: mujoco (fmer_continuous.py and the SAC baseline on 4 envs), kitchen (fmer_kitchen.py, N = 1, 2, 4, 7),
+    ablations"""
     scripts: tuple[str, ...] = ()
     """the script(s) to run, relative to the repository root (instead of --preset)"""
     env_ids: tuple[str, ...] = ()
@@ -172,8 +182,9 @@ class Args:
     """memory per run"""
     max_parallel: int | None = None
     """at most this many array tasks at a time (the %N throttle of --array)"""
-    signal_seconds: int = 120
-    """Slurm sends USR1 this many seconds before the time limit: the run saves its state and the task requeues itself"""
+    signal_seconds: int = 300
+    """Slurm sends USR1 this many seconds before the time limit: the run saves its state and the task requeues itself
+    (300: time for the largest state write, 160 s for a full Humanoid buffer on a slow disk)"""
     setup: str | None = None
     """a shell line the job runs before the script, e.g. "source .venv/bin/activate" """
 
@@ -202,12 +213,42 @@ def grid(plan: Plan, seeds: tuple[int, ...]) -> list[Run]:
 
 
 def preset_plan(preset: str) -> Plan:
-    """The plan of a paper grid."""
+    """The plan of a paper grid. The SAC baseline is not in the kitchen grid: sac_continuous.py runs an env as gymnasium
+    makes it, and FrankaKitchen-v1's dict observation, its reduction to a vector and the task sets are fmer_kitchen.py's."""
     if preset == "mujoco":
-        return [("fmer_continuous.py", MUJOCO_ENVS, (), ())]
+        return [("fmer_continuous.py", MUJOCO_ENVS, (), ()), ("benchmark/sac_continuous.py", MUJOCO_ENVS, (), ())]
     if preset == "kitchen":
         return [("fmer_kitchen.py", (), KITCHEN_TASKS, ())]
     return ABLATIONS
+
+
+def declared_flags(script: Path) -> set[str] | None:
+    """The flags a script takes: its `Args` fields, read from the source (tyro makes `num_envs` --num-envs, and a bool
+    field also --no-X); no import, so the runner needs neither torch nor the script's own packages. None: no `Args`."""
+    for node in ast.parse(script.read_text()).body:
+        if isinstance(node, ast.ClassDef) and node.name == "Args":
+            fields = [
+                (field.target.id.replace("_", "-"), ast.unparse(field.annotation))
+                for field in node.body
+                if isinstance(field, ast.AnnAssign) and isinstance(field.target, ast.Name)
+            ]
+            return {f"--{name}" for name, _ in fields} | {f"--no-{name}" for name, kind in fields if kind == "bool"}
+    return None
+
+
+def script_flags(script: str, extra: list[str]) -> list[str]:
+    """The pass-through flags (each with its values) that the script declares; a note for each one it does not."""
+    declared = declared_flags(ROOT / script) if (ROOT / script).exists() else None
+    kept, keep = [], True
+    for token in extra:  # a flag, then its values: ["--a", "1", "--b=2", "--c"]
+        if token.startswith("--"):
+            flag = token.split("=")[0]
+            keep = declared is None or flag.replace("_", "-") in declared  # tyro takes --num_envs for --num-envs too
+            if not keep:
+                print(f"note: {script} takes no {flag}: not passed to it", file=sys.stderr)
+        if keep:
+            kept.append(token)
+    return kept
 
 
 def command(run: Run, python: str, extra: list[str]) -> list[str]:
@@ -280,7 +321,9 @@ def run_name_stable(run: Run, extra: list[str]) -> str:
 
 def slurm_command(run: Run, python: str, extra: list[str]) -> list[str]:
     """The command of an array task: it resumes its run folder if it has a saved state, else starts it."""
-    return [*command(run, python, extra), "--resume", "auto", "--run-name", run_name_stable(run, extra)]
+    given = any(flag.split("=")[0] == "--checkpoint-frequency" for flag in extra)
+    every = [] if given else ["--checkpoint-frequency", str(SLURM_CHECKPOINT_FREQUENCY)]
+    return [*command(run, python, extra), *every, "--run-name", run_name_stable(run, extra), "--resume"]
 
 
 # The end of every array task's script. Slurm sends USR1 (--signal=B:USR1@seconds) to the batch shell
@@ -353,7 +396,7 @@ def slurm_script(runs: list[Run], commands: list[list[str]], args: Args, job_nam
         "#!/bin/bash",
         *(f"#SBATCH {option}" for option in options),
         f"# written by benchmark/run.py: {len(runs)} runs, one per array task. A task that is requeued",
-        "# (preempted, its node failed, or near its time limit) resumes its run: --resume auto --run-name.",
+        "# (preempted, its node failed, or near its time limit) resumes its run: --run-name NAME --resume.",
         "set -euo pipefail",
         f"cd {shlex.quote(str(ROOT))}",
         'export OMP_NUM_THREADS="${SLURM_CPUS_PER_TASK:-1}"',
@@ -376,7 +419,7 @@ if __name__ == "__main__":
         sys.exit(f"error: {clashes[0]} is set per run; use --seeds, --env-ids or --num-tasks")
     clashes = [flag for flag in extra if flag.split("=")[0] in SLURM_FLAGS]
     if clashes and args.slurm:
-        sys.exit(f"error: {clashes[0]} is set per array task (--resume auto --run-name {{env}}__{{exp_name}}__{{seed}})")
+        sys.exit(f"error: {clashes[0]} is set per array task (--run-name {{env}}__{{exp_name}}__{{seed}} --resume)")
     if args.slurm and not 0 < args.signal_seconds < 65536:
         sys.exit("error: --signal-seconds must be in 1..65535")
     limit = slurm_seconds(args.time)
@@ -394,20 +437,16 @@ if __name__ == "__main__":
 
     plan = preset_plan(args.preset) if args.preset else [(s, args.env_ids, args.num_tasks, ()) for s in args.scripts]
     runs = grid(plan, args.seeds)
-    commands = [command(run, args.python, extra) for run in runs]
-    missing = sorted({run.script for run in runs if not (ROOT / run.script).exists()})
+    scripts = list(dict.fromkeys(run.script for run in runs))
+    missing = [script for script in scripts if not (ROOT / script).exists()]
     for script in missing:
         print(f"warning: {script} does not exist (yet)", file=sys.stderr)
+    flags = {script: script_flags(script, extra) for script in scripts}  # each script's share of the pass-through flags
+    commands = [command(run, args.python, flags[run.script]) for run in runs]
 
-    no_resume = sorted(
-        {
-            run.script
-            for run in runs
-            if run.script not in missing and not re.search(r"^\s+resume:", (ROOT / run.script).read_text(), re.MULTILINE)
-        }
-    )
-    if args.slurm and no_resume:  # its tasks would fail at once on --resume auto --run-name
-        sys.exit(f"error: {no_resume[0]} takes no --resume: a Slurm array task could not continue its run")
+    no_resume = [s for s in scripts if s not in missing and not RESUME_FLAGS <= (declared_flags(ROOT / s) or set())]
+    if args.slurm and no_resume:  # its tasks would fail at once on --run-name NAME --resume
+        sys.exit(f"error: {no_resume[0]} has no --resume switch: a Slurm array task could not continue its run")
 
     if args.dry_run:
         print("\n".join(shlex.join(cmd) for cmd in commands))
@@ -416,12 +455,12 @@ if __name__ == "__main__":
         out_dir = ROOT / args.slurm_dir
         out_dir.mkdir(parents=True, exist_ok=True)  # sbatch does not create the --output folder
         path = out_dir / f"{job_name}.sbatch"
-        commands = [slurm_command(run, args.python, extra) for run in runs]
+        commands = [slurm_command(run, args.python, flags[run.script]) for run in runs]
         path.write_text(slurm_script(runs, commands, args, job_name, out_dir))
         print(f"{len(runs)} array tasks written to {path}; submit with:\nsbatch {path}")
     else:
         if missing:
             sys.exit("error: missing scripts, nothing run")
         threads = args.threads or max(1, cores() // args.workers)
-        names = [run_name(run, extra) for run in runs]
+        names = [run_name(run, flags[run.script]) for run in runs]
         sys.exit(1 if run_local(names, commands, ROOT / args.log_dir, args.workers, threads) else 0)

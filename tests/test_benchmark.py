@@ -158,16 +158,22 @@ def test_summarize_cli_writes_table_and_one_figure_per_env(runs_dir, tmp_path):
     assert "![Hopper-v5](plots/curves-Hopper-v5.png)" in text  # links are relative to the table
 
 
-def dry_run(*args: str) -> list[str]:
+def dry_run(*args: str, notes: list | None = None) -> list[str]:
+    """The commands of a dry run; its stderr lines go to `notes` if given."""
     result = cli("run.py", "--dry-run", "--python", "python", *args)
     assert result.returncode == 0, result.stderr
+    if notes is not None:
+        notes += result.stderr.splitlines()
     return result.stdout.splitlines()
 
 
 def test_dry_run_presets():
     mujoco = dry_run("--preset", "mujoco")
     assert sorted(mujoco) == sorted(
-        f"python fmer_continuous.py --env-id {env} --seed {seed}" for env in MUJOCO for seed in range(1, 6)
+        f"python {script} --env-id {env} --seed {seed}"
+        for script in ("fmer_continuous.py", "benchmark/sac_continuous.py")  # FMER and the SAC baseline, side by side
+        for env in MUJOCO
+        for seed in range(1, 6)
     )
     kitchen = dry_run("--preset", "kitchen", "--seeds", "1", "2")
     assert sorted(kitchen) == sorted(
@@ -249,11 +255,13 @@ def test_dry_run_ablation_grid_has_the_rows_of_the_papers_tables():
     assert not any("--num-candidates 8 " in line or "--ode-steps 10 --exp-name fmer_continuous" in line for line in lines)
 
 
-def test_dry_run_grid_passes_unknown_flags_on():
+def test_dry_run_grid_passes_unknown_flags_on_to_the_scripts_that_take_them():
+    notes = []
     lines = dry_run(
         "--scripts",
         "fmer_continuous.py",
         "ablations/fmer_clip.py",
+        "benchmark/sac_continuous.py",
         "--env-ids",
         "Pendulum-v1",
         "InvertedPendulum-v5",
@@ -262,13 +270,24 @@ def test_dry_run_grid_passes_unknown_flags_on():
         "4",
         "--total-timesteps",
         "5000",
+        "--num-candidates",
+        "4",
+        "--compile",
         "--no-cuda",
+        "--eval_episodes=3",
+        notes=notes,
     )
-    assert len(lines) == 8
-    for script in ("fmer_continuous.py", "ablations/fmer_clip.py"):
+    assert len(lines) == 12
+    for script in ("fmer_continuous.py", "ablations/fmer_clip.py", "benchmark/sac_continuous.py"):
+        fmer_only = "" if script == "benchmark/sac_continuous.py" else " --num-candidates 4 --compile"
         for env in ("Pendulum-v1", "InvertedPendulum-v5"):
             for seed in (3, 4):
-                assert f"python {script} --env-id {env} --seed {seed} --total-timesteps 5000 --no-cuda" in lines
+                expected = f"python {script} --env-id {env} --seed {seed} --total-timesteps 5000{fmer_only}"
+                assert f"{expected} --no-cuda --eval_episodes=3" in lines
+    # one note per dropped flag and script, not per run
+    assert notes == [
+        f"note: benchmark/sac_continuous.py takes no {flag}: not passed to it" for flag in ("--num-candidates", "--compile")
+    ]
     assert dry_run("--scripts", "fmer_multigoal.py", "--seeds", "1") == ["python fmer_multigoal.py --seed 1"]
     clash = cli("run.py", "--dry-run", "--preset", "mujoco", "--seed", "3")
     assert clash.returncode != 0 and "--seeds" in clash.stderr
@@ -305,26 +324,42 @@ def test_slurm_array_script(tmp_path):
     assert sbatch == f"sbatch {tmp_path / 'mujoco.sbatch'}"
     script = Path(sbatch.split(" ", 1)[1])
     text = script.read_text()
-    for option in ("--array=0-7%3", "--partition=gpu", "--account=proj", "--gpus-per-task=1", "--ntasks=1"):
+    for option in ("--array=0-15%3", "--partition=gpu", "--account=proj", "--gpus-per-task=1", "--ntasks=1"):
         assert f"#SBATCH {option}\n" in text
-    assert [int(i) for i in re.findall(r"^  (\d+)\) run=", text, re.MULTILINE)] == list(range(8))
+    assert [int(i) for i in re.findall(r"^  (\d+)\) run=", text, re.MULTILINE)] == list(range(16))
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
 
-    for option in ("--requeue", "--signal=B:USR1@120", "--open-mode=append"):
+    for option in ("--requeue", "--signal=B:USR1@300", "--open-mode=append"):
         assert f"#SBATCH {option}\n" in text
 
-    # with --python python: index i runs expected[i], the python replaced by echo, and resumes its own run folder
+    # with --python python: index i runs expected[i], the python replaced by echo, saves its state every 50k steps
+    # and resumes its own run folder
     expected = dry_run(*flags)
+    assert len(expected) == 16 and sum("benchmark/sac_continuous.py" in command for command in expected) == 8
     for i, command in enumerate(expected):
         task = subprocess.run(
             ["bash", str(script)], env=dict(os.environ, SLURM_ARRAY_TASK_ID=str(i)), capture_output=True, text=True, timeout=30
         )
         assert task.returncode == 0, task.stderr
-        env, seed = re.search(r"--env-id (\S+) --seed (\d+)", command).groups()
-        resume = f" --resume auto --run-name {env}__fmer_continuous__{seed}"
+        script_name, env, seed = re.search(r"(\w+)\.py --env-id (\S+) --seed (\d+)", command).groups()
+        resume = f" --checkpoint-frequency 50000 --run-name {env}__{script_name}__{seed} --resume"
         assert task.stdout.splitlines()[-1] == command.removeprefix("python ") + resume
-    beyond = subprocess.run(["bash", str(script)], env=dict(os.environ, SLURM_ARRAY_TASK_ID="8"), capture_output=True)
+    beyond = subprocess.run(["bash", str(script)], env=dict(os.environ, SLURM_ARRAY_TASK_ID="16"), capture_output=True)
     assert beyond.returncode == 2
+
+
+def test_slurm_array_keeps_a_given_checkpoint_frequency_and_refuses_a_script_without_resume(tmp_path):
+    flags = ("--env-ids", "Pendulum-v1", "--seeds", "1", "--slurm", "--slurm-dir", str(tmp_path), "--python", "python")
+    given = cli("run.py", "--scripts", "benchmark/sac_continuous.py", *flags, "--checkpoint-frequency=7", "--job-name", "x")
+    assert given.returncode == 0, given.stderr
+    text = (tmp_path / "x.sbatch").read_text()
+    assert "--checkpoint-frequency=7 --run-name Pendulum-v1__sac_continuous__1 --resume)" in text
+    assert "50000" not in text
+    old = tmp_path / "old.py"  # a script whose --resume takes a value: an array task's `--resume` would break it
+    fields = "    run_name: str = ''\n    resume: str = ''\n    checkpoint_frequency: int = 0\n"
+    old.write_text(f"from dataclasses import dataclass\n@dataclass\nclass Args:\n{fields}")
+    refused = cli("run.py", "--scripts", str(old), *flags)
+    assert refused.returncode != 0 and "has no --resume switch" in refused.stderr
 
 
 def test_local_runner_survives_a_failing_run(tmp_path):
@@ -356,5 +391,5 @@ def test_local_runner_survives_a_failing_run(tmp_path):
     assert "1 ok, 1 failed" in result.stdout
     assert f"default__fake__1: exit code 3, log {logs / 'default__fake__1.log'}" in result.stdout
     failed, ok = (logs / "default__fake__1.log").read_text(), (logs / "default__fake__2.log").read_text()
-    assert f"seed 2 cwd {ROOT} threads 1 args ['--seed', '2', '--some-flag', '7']" in ok
+    assert f"seed 2 cwd {ROOT} threads 1 args ['--seed', '2', '--some-flag', '7']" in ok  # no Args: every flag
     assert "seed 1 cwd" in failed

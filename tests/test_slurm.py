@@ -1,10 +1,11 @@
 """The Slurm path, for real: benchmark/run.py --slurm on a one-node cluster of this machine.
 
 The cluster (slurmctld, slurmd, munged; Debian's slurm-wlm and munge, installed with apt-get if
-missing) is started by benchmark/slurm_cluster.sh in a fixture. The grid is fmer_continuous.py on
-Pendulum-v1 with 2 seeds and a tiny budget; task 0 is requeued mid-run (`scontrol requeue`, what a
-preemption does) once it has saved its state, must resume, and the finished array must give, through
-summarize.py, both runs with every evaluation point exactly once.
+missing) is started by benchmark/slurm_cluster.sh in a fixture. The grid is fmer_continuous.py and
+the SAC baseline (benchmark/sac_continuous.py) on Pendulum-v1, seed 1, with a tiny budget; each task
+is requeued mid-run (`scontrol requeue`, what a preemption does) once it has saved its state, must
+resume, and the finished array must give, through summarize.py, both runs with every evaluation
+point exactly once.
 
 Skipped, with the reason, only where Slurm cannot be had: not root, or no apt-get to install it. In
 CI (CI=true) that is a failure instead: the test is never skipped there.
@@ -194,13 +195,7 @@ def wait_for(condition, timeout: float, what: str, diagnose) -> None:
         time.sleep(2)
 
 
-def resume_supported() -> bool:
-    return (
-        "--resume"
-        in subprocess.run(
-            [sys.executable, str(ROOT / "fmer_continuous.py"), "--help"], capture_output=True, text=True, cwd=ROOT
-        ).stdout
-    )
+SCRIPTS = ("fmer_continuous.py", "benchmark/sac_continuous.py")  # one array task each
 
 
 TOTAL, EVAL, LEARNING_STARTS = 1500, 250, 500
@@ -233,45 +228,53 @@ TINY = [
 ]
 
 
-# Task 0's first start stops inside its env step PAUSE_AT (after its save at 700 and its evaluation at 750) until a signal
-# comes, so the requeue finds it mid-run however fast the machine is: the task runs the script through this driver.
+# A task's first start stops inside its training env's step PAUSE_AT (after its save at 700 and its evaluation at 750)
+# until a signal comes, so the requeue finds it mid-run however fast the machine is: the task runs the script through
+# this driver. The training env: FMER's vector env of 1 (the evaluation has 2), SAC's (SB3's DummyVecEnv).
 PAUSE_AT = LEARNING_STARTS + EVAL + 1
-PAUSE_DRIVER = (
-    """import os, runpy, signal, sys, time
+STATE_FILES = ("state.pt", "state.json")  # FMER's, SAC's (the file that names its model and buffer files)
+PAUSE_DRIVER = """import os, runpy, signal, sys, time
 import gymnasium as gym
 script, args = sys.argv[1], sys.argv[2:]
 run_name = args[args.index("--run-name") + 1]
-if args[args.index("--seed") + 1] == "1" and not os.path.exists(f"runs/{run_name}/state.pt"):
-    signals, step, count, install = [], gym.vector.SyncVectorEnv.step, [0], signal.signal
+if not any(os.path.exists(f"runs/{run_name}/{name}") for name in %r):
+    signals, count, install = [], [0], signal.signal
     def noted(signum, handler):  # the script's own handler, and a note that a signal came
         return install(signum, lambda n, frame: (signals.append(n), handler(n, frame)))
+    def pause():
+        count[0] += 1
+        if count[0] == %d:
+            open(f"runs/{run_name}/paused", "w").close()
+            while not signals:
+                time.sleep(0.05)
+    step = gym.vector.SyncVectorEnv.step
     def paused_step(self, actions):
-        if self.num_envs == 1:  # the training env (the evaluation has 2)
-            count[0] += 1
-            if count[0] == %d:
-                open(f"runs/{run_name}/paused", "w").close()
-                while not signals:
-                    time.sleep(0.05)
+        if self.num_envs == 1:
+            pause()
         return step(self, actions)
     signal.signal, gym.vector.SyncVectorEnv.step = noted, paused_step
+    if script.endswith("sac_continuous.py"):
+        from stable_baselines3.common.vec_env import DummyVecEnv
+        step_wait = DummyVecEnv.step_wait
+        DummyVecEnv.step_wait = lambda self: (pause(), step_wait(self))[1]
 sys.argv = [script, *args]
 runpy.run_path(script, run_name="__main__")
-"""
-    % PAUSE_AT
-)
+""" % (STATE_FILES, PAUSE_AT)
 
 
 @pytest.mark.slow
 def test_slurm_array_is_requeued_and_resumes(slurm, tmp_path):
-    if not resume_supported():
-        pytest.fail("fmer_continuous.py has no --resume: the Slurm array needs it", pytrace=False)
+    for script in SCRIPTS:
+        if not bench_run.RESUME_FLAGS <= (bench_run.declared_flags(ROOT / script) or set()):
+            pytest.fail(
+                f"{script} has no --resume switch or --checkpoint-frequency: the Slurm array needs them", pytrace=False
+            )
     started = time.time()
     # a copy of the repository's scripts: the tasks write their runs/ there, not in the checkout
     repo = tmp_path / "repo"
     (repo / "benchmark").mkdir(parents=True)
-    shutil.copy(ROOT / "fmer_continuous.py", repo)
-    for name in ("run.py", "summarize.py"):
-        shutil.copy(ROOT / "benchmark" / name, repo / "benchmark")
+    for name in (*SCRIPTS, "benchmark/run.py", "benchmark/summarize.py"):
+        shutil.copy(ROOT / name, repo / name)
     out_dir = tmp_path / "slurm"
     (repo / "pause_driver.py").write_text(PAUSE_DRIVER)
     python = repo / "python"
@@ -282,12 +285,11 @@ def test_slurm_array_is_requeued_and_resumes(slurm, tmp_path):
             sys.executable,
             str(repo / "benchmark" / "run.py"),
             "--scripts",
-            "fmer_continuous.py",
+            *SCRIPTS,
             "--env-ids",
             "Pendulum-v1",
             "--seeds",
             "1",
-            "2",
             "--slurm",
             "--slurm-dir",
             str(out_dir),
@@ -313,19 +315,23 @@ def test_slurm_array_is_requeued_and_resumes(slurm, tmp_path):
         cwd=tmp_path,
     )
     assert write.returncode == 0, write.stderr
+    assert "note: benchmark/sac_continuous.py takes no --num-candidates: not passed to it" in write.stderr
     sbatch_file = out_dir / "fmertest.sbatch"
     text = sbatch_file.read_text()
     for option in ("--requeue", "--signal=B:USR1@60", "--open-mode=append", "--mem=2G"):
         assert f"#SBATCH {option}\n" in text
-    assert "--resume auto --run-name Pendulum-v1__fmer_continuous__1" in text
+    names = [f"Pendulum-v1__{Path(script).stem}__1" for script in SCRIPTS]
+    assert "--checkpoint-frequency 50000" not in text  # the user's --checkpoint-frequency 100 stands
+    for name in names:  # each task resumes its own run folder
+        assert f"--no-cuda --run-name {name} --resume)" in text
 
     submit = subprocess.run(
         ["sbatch", "--parsable", str(sbatch_file)], env=slurm, capture_output=True, text=True, timeout=60, cwd=tmp_path
     )
     assert submit.returncode == 0, submit.stderr
     job = submit.stdout.strip().split(";")[0]
-    outputs = [out_dir / f"fmertest_{job}_{i}.out" for i in (0, 1)]
-    runs = [repo / "runs" / f"Pendulum-v1__fmer_continuous__{seed}" for seed in (1, 2)]
+    outputs = [out_dir / f"fmertest_{job}_{i}.out" for i in range(len(SCRIPTS))]
+    runs = [repo / "runs" / name for name in names]
     logs = Path(slurm["SLURM_CONF"]).parent / "log"
 
     def diagnose() -> str:
@@ -335,44 +341,46 @@ def test_slurm_array_is_requeued_and_resumes(slurm, tmp_path):
             parts.append(f"--- {path}\n{tail}")
         return "\n".join(parts)
 
-    # preempt task 0 mid-run: it has learnt, saved its state and evaluated, and waits in step PAUSE_AT for the signal
-    wait_for(lambda: (runs[0] / "paused").exists(), 300, f"task 0 to pause at step {PAUSE_AT}", diagnose)
-    assert (runs[0] / "state.pt").exists() and last_step(outputs[0]) >= LEARNING_STARTS + EVAL, diagnose()
-    requeue = subprocess.run(["scontrol", "requeue", f"{job}_0"], env=slurm, capture_output=True, text=True, timeout=60)
-    assert requeue.returncode == 0, requeue.stderr
+    # preempt each task mid-run: it has learnt, saved its state and evaluated, and waits in step PAUSE_AT for the signal
+    for i, run in enumerate(runs):
+        wait_for(lambda: (run / "paused").exists(), 300, f"task {i} to pause at step {PAUSE_AT}", diagnose)
+        assert any((run / name).exists() for name in STATE_FILES), diagnose()
+        assert last_step(outputs[i]) >= LEARNING_STARTS + EVAL, diagnose()
+        requeue = subprocess.run(["scontrol", "requeue", f"{job}_{i}"], env=slurm, capture_output=True, text=True, timeout=60)
+        assert requeue.returncode == 0, requeue.stderr
     wait_for(lambda: not squeue(slurm, job), 600, "the array to finish", diagnose)
 
-    log0 = outputs[0].read_text()
-    assert "restart 1)" in log0, f"task 0 was not started again\n{diagnose()}"
-    before, after = log0.split("restart 1)", 1)
-    assert "DUE TO JOB REQUEUE" in before, diagnose()
-    saved = re.search(r"^SIGTERM at step (\d+): state saved", before, re.MULTILINE)  # saved on Slurm's SIGTERM
-    resumed = re.search(r"^resuming \S+ at step (\d+)", after, re.MULTILINE)
-    assert saved and resumed, f"task 0 did not save on SIGTERM and resume\n{diagnose()}"
-    assert int(resumed.group(1)) == int(saved.group(1)) == PAUSE_AT, (saved.group(0), resumed.group(0))
-    assert f"done: {TOTAL} steps" in after, diagnose()
-    assert "restart 1)" not in outputs[1].read_text() and f"done: {TOTAL} steps" in outputs[1].read_text(), diagnose()
-
-    # the resumed start reopened the run with a SessionLog START past step 0 (purge_step = saved step + 1)
-    files = sorted(runs[0].glob("events.out.tfevents.*"))
-    assert len(files) == 2, files
-    starts = [
-        event.step
-        for event in EventFileLoader(str(files[1])).Load()
-        if event.HasField("session_log") and event.session_log.status == event.session_log.START
-    ]
-    assert starts == [int(resumed.group(1)) + 1], (starts, resumed.group(0))
-
     expected = list(range(EVAL, TOTAL + 1, EVAL))
-    for run in runs:
+    for output, run in zip(outputs, runs):
+        log = output.read_text()
+        assert "restart 1)" in log, f"{run.name} was not started again\n{diagnose()}"
+        before, after = log.split("restart 1)", 1)
+        assert "DUE TO JOB REQUEUE" in before, diagnose()
+        saved = re.search(r"^SIGTERM at step (\d+): state saved", before, re.MULTILINE)  # saved on Slurm's SIGTERM
+        resumed = re.search(r"^resuming \S+ at step (\d+)", after, re.MULTILINE)
+        assert saved and resumed, f"{run.name} did not save on SIGTERM and resume\n{diagnose()}"
+        assert int(resumed.group(1)) == int(saved.group(1)) == PAUSE_AT, (saved.group(0), resumed.group(0))
+        assert f"done: {TOTAL} steps" in after, diagnose()
+
+        # the resumed start reopened the run with a SessionLog START past step 0 (purge_step = saved step + 1)
+        files = sorted(run.glob("events.out.tfevents.*"))
+        assert len(files) == 2, files
+        starts = [
+            event.step
+            for event in EventFileLoader(str(files[1])).Load()
+            if event.HasField("session_log") and event.session_log.status == event.session_log.START
+        ]
+        assert starts == [PAUSE_AT + 1], (run.name, starts)
         loaded = summarize.load_run(run)
         assert not isinstance(loaded, str), f"{run.name}: {loaded}"
         assert loaded.steps.tolist() == expected, run.name  # each eval point once
         assert np.isfinite(loaded.values).all()
+
     groups, notes = summarize.collect(repo / "runs", 0.1)
     assert notes == []
-    assert [(g.exp_name, g.env, g.budget, [r.seed for r in g.runs]) for g in groups] == [
-        ("fmer_continuous", "Pendulum-v1", TOTAL, [1, 2])
+    assert sorted((g.exp_name, g.env, g.budget, [r.seed for r in g.runs]) for g in groups) == [
+        ("fmer_continuous", "Pendulum-v1", TOTAL, [1]),
+        ("sac_continuous", "Pendulum-v1", TOTAL, [1]),
     ]
     summary = subprocess.run(
         [
@@ -389,8 +397,9 @@ def test_slurm_array_is_requeued_and_resumes(slurm, tmp_path):
         timeout=120,
     )
     assert summary.returncode == 0, summary.stderr
-    assert "| fmer_continuous | Pendulum-v1 | return | 1, 2 ‡ | 1,500 †" in summary.stdout
-    print(f"Slurm array of 2 runs with one requeue: {time.time() - started:.0f} s")
+    for name in ("fmer_continuous", "sac_continuous"):
+        assert f"| {name} | Pendulum-v1 |" in summary.stdout
+    print(f"Slurm array of FMER and SAC, each requeued once: {time.time() - started:.0f} s")
 
 
 FAKE_RUN = """import signal, sys, time
@@ -423,7 +432,7 @@ def test_array_task_passes_signals_on(tmp_path, signal_name, code, requeued):
             sys.executable,
             str(ROOT / "benchmark" / "run.py"),
             "--scripts",
-            "fmer_continuous.py",
+            "benchmark/sac_continuous.py",
             "--env-ids",
             "Pendulum-v1",
             "--seeds",
@@ -440,7 +449,7 @@ def test_array_task_passes_signals_on(tmp_path, signal_name, code, requeued):
     )
     assert write.returncode == 0, write.stderr
     env = dict(os.environ, SLURM_ARRAY_TASK_ID="0", SLURM_JOB_ID="4242", PATH=f"{bin_dir}:{os.environ['PATH']}")
-    task = subprocess.Popen(["bash", str(tmp_path / "fmer_continuous.sbatch")], env=env, stdout=subprocess.PIPE, text=True)
+    task = subprocess.Popen(["bash", str(tmp_path / "sac_continuous.sbatch")], env=env, stdout=subprocess.PIPE, text=True)
     assert "array task 0" in task.stdout.readline()
     assert task.stdout.readline() == "started\n"
     task.send_signal(getattr(signal, f"SIG{signal_name}"))
