@@ -129,11 +129,10 @@ class Protocol(BaseCallback):
             writer.add_scalar("eval/episodic_return", returns.mean(), step)
             writer.add_scalar("eval/episodic_length", lengths.mean(), step)
             print(f"step {step}: eval return {returns.mean():.1f} +- {returns.std():.1f}", flush=True)
-        frequency = args.checkpoint_frequency
-        saved = frequency > 0 and (step % frequency == 0 or self.stop_signal) and self.save_state(step)
+        if args.checkpoint_frequency and (step % args.checkpoint_frequency == 0 or self.stop_signal):
+            self.save_state(step)
         if self.stop_signal:
-            what = f"state saved to {self.run_dir}; continue it with --resume" if saved else "no state saved"
-            print(f"{signal.Signals(self.stop_signal[0]).name} at step {step}: {what}", file=sys.stderr, flush=True)
+            print(f"{signal.Signals(self.stop_signal[0]).name}: stopped at step {step}", file=sys.stderr, flush=True)
             sys.exit(128 + self.stop_signal[0])
 
     def save_state(self, step: int) -> bool:
@@ -230,7 +229,6 @@ if __name__ == "__main__":
         reseed = int(np.random.SeedSequence([args.seed, start_step]).generate_state(1)[0])
         model.set_random_seed(reseed)
         eval_envs.reset(seed=reseed + 10_000)
-        print(f"resuming {run_dir} at step {start_step}", flush=True)
 
     # A resumed run appends to the same log; TensorBoard drops what the stopped run logged after its save
     # (all of it, for a run stopped before its first save).
@@ -249,7 +247,10 @@ if __name__ == "__main__":
 
     for signum in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
         signal.signal(signum, on_signal)
-    print(f"{run_dir}: {args.total_timesteps} steps on {device}, random actions until step {args.learning_starts}", flush=True)
+    resumed = f", resumed at step {start_step}" if state else ""
+    print(
+        f"{run_dir}: {args.total_timesteps} steps on {device}, learning from step {args.learning_starts}{resumed}", flush=True
+    )
     start_time = time.time()
     try:
         model.learn(args.total_timesteps - start_step, callback=protocol, log_interval=None, reset_num_timesteps=state is None)

@@ -127,7 +127,7 @@ def test_sigterm_saves_and_resume_continues_with_the_same_seeded_run(tmp_path, p
     stderr = proc.communicate(timeout=120)[1]
     assert proc.returncode == 143, stderr
     run_dir = tmp_path / "runs" / "x"
-    assert f"SIGTERM at step {PAUSE}: state saved" in stderr
+    assert f"SIGTERM: stopped at step {PAUSE}" in stderr
     state = json.loads((run_dir / "state.json").read_text())
     assert state["global_step"] == PAUSE
     assert sorted(p.name for p in run_dir.glob("state_*")) == [f"state_{PAUSE}.zip", f"state_{PAUSE}_buffer.pkl"]
@@ -140,7 +140,7 @@ def test_sigterm_saves_and_resume_continues_with_the_same_seeded_run(tmp_path, p
 
     resumed = run(tmp_path, *command)
     assert resumed.returncode == 0, resumed.stderr
-    assert f"resuming runs/x at step {PAUSE}" in resumed.stdout and "done: 300 steps" in resumed.stdout
+    assert f"resumed at step {PAUSE}" in resumed.stdout and "done: 300 steps" in resumed.stdout
     logged = scalars(run_dir)
     assert [step for step, _ in logged["eval/episodic_return"]] == [150, 300]
     assert [step for step, _ in logged["losses/critic_loss"]] == [150, 200, 250, 300]

@@ -356,8 +356,8 @@ def test_slurm_array_is_requeued_and_resumes(slurm, tmp_path):
         assert "restart 1)" in log, f"{run.name} was not started again\n{diagnose()}"
         before, after = log.split("restart 1)", 1)
         assert "DUE TO JOB REQUEUE" in before, diagnose()
-        saved = re.search(r"^SIGTERM at step (\d+): state saved", before, re.MULTILINE)  # saved on Slurm's SIGTERM
-        resumed = re.search(r"^resuming \S+ at step (\d+)", after, re.MULTILINE)
+        saved = re.search(r"^SIGTERM: stopped at step (\d+)", before, re.MULTILINE)  # saved on Slurm's SIGTERM
+        resumed = re.search(r", resumed at step (\d+)$", after, re.MULTILINE)
         assert saved and resumed, f"{run.name} did not save on SIGTERM and resume\n{diagnose()}"
         assert int(resumed.group(1)) == int(saved.group(1)) == PAUSE_AT, (saved.group(0), resumed.group(0))
         assert f"done: {TOTAL} steps" in after, diagnose()
