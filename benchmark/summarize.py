@@ -70,8 +70,8 @@ NORMALISATION |= {"InvertedPendulum-v5": (0.0, 1000.0), "Pendulum-v1": (-200 * (
 
 @dataclass
 class Args:
-    runs_dir: str = "runs"
-    """the folder of run folders (tensorboard logs) to read"""
+    runs_dir: tuple[str, ...] = ("runs",)
+    """the folders of run folders (tensorboard logs) to read, e.g. FMER's and SAC's runs made apart"""
     out: str = "benchmark/results/summary.md"
     """the markdown table to write"""
     plot_dir: str = "benchmark/results"
@@ -188,10 +188,12 @@ def final_score(run: RunLog, last_fraction: float) -> float:
     return float(run.values[window].max())
 
 
-def collect(runs_dir: Path, last_fraction: float) -> tuple[list[Group], list[str]]:
-    """The groups of finished runs, with their per-seed scores, and notes on what was left out."""
+def collect(runs_dirs: Path | tuple, last_fraction: float) -> tuple[list[Group], list[str]]:
+    """The groups of finished runs under one folder or several, with their per-seed scores, and notes on what was
+    left out."""
     notes, newest = [], {}
-    for path in sorted(p for p in runs_dir.iterdir() if p.is_dir()):
+    folders = [Path(d) for d in ([runs_dirs] if isinstance(runs_dirs, (str, Path)) else runs_dirs)]
+    for path in sorted((p for folder in folders for p in folder.iterdir() if p.is_dir()), key=lambda p: p.name):
         if parse_run_name(path.name) is None:
             notes.append(f"`{path.name}`: not a run folder name `{{env}}__{{exp_name}}__{{seed}}[__{{time}}]`, skipped")
             continue
@@ -304,7 +306,8 @@ def markdown(groups: list[Group], notes: list[str], curve_links: dict[str, str],
         "# FMER benchmark summary",
         "",
         (
-            f"Written by `python benchmark/summarize.py` from `{args.runs_dir}` on {datetime.date.today()}. Per run, the best "
+            f"Written by `python benchmark/summarize.py` from `{' '.join(np.atleast_1d(args.runs_dir))}` on "
+            f"{datetime.date.today()}. Per run, the best "
             f"eval over the last {args.last_fraction:.0%} of its steps; then mean (sample std, ddof=1) over seeds, and the "
             f"interquartile mean (IQM) with a 95% stratified percentile bootstrap interval ({resamples} resamples, seed "
             f"{seed}). Metric: `eval/episodic_return`, or `eval/completion_rate` in % on FrankaKitchen."
@@ -401,14 +404,15 @@ def plot_env(env: str, groups: list[Group], path: Path, resamples: int, seed: in
 
 if __name__ == "__main__":
     args = tyro.cli(Args, description=__doc__)
-    if not Path(args.runs_dir).is_dir():
-        raise SystemExit(f"error: no folder {args.runs_dir}")
+    for folder in args.runs_dir:
+        if not Path(folder).is_dir():
+            raise SystemExit(f"error: no folder {folder}")
     if args.algorithms[0] == args.algorithms[1] or args.resamples < 1:
         raise SystemExit("error: --algorithms takes two different exp names, --resamples a positive number")
-    groups, notes = collect(Path(args.runs_dir), args.last_fraction)
+    groups, notes = collect(args.runs_dir, args.last_fraction)
     if not groups:
         print("\n".join(notes))
-        raise SystemExit(f"error: no finished runs under {args.runs_dir}")
+        raise SystemExit(f"error: no finished runs under {' '.join(args.runs_dir)}")
 
     out, curve_links = Path(args.out), {}
     out.parent.mkdir(parents=True, exist_ok=True)

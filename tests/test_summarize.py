@@ -75,19 +75,27 @@ def write_run(runs_dir: Path, name: str, values: list[float], total: int = 1000)
 
 
 def test_cli_fmer_beside_sac_tables_csv_and_curves(tmp_path):
-    runs = tmp_path / "runs"
+    runs, sac_runs = tmp_path / "runs", tmp_path / "sac_runs"  # two folders: FMER's and SAC's runs made apart
     # per seed the score is the last eval (step 1000 is the only one in the last 10%)
     for seed, fmer, sac in ((1, -200.0, -300.0), (2, -150.0, -150.0), (3, -100.0, -400.0)):
         write_run(runs, f"Pendulum-v1__fmer_continuous__{seed}__1", [-1000.0, fmer])
-        write_run(runs, f"Pendulum-v1__sac_continuous__{seed}__1", [-900.0, sac])
+        write_run(sac_runs, f"Pendulum-v1__sac_continuous__{seed}__1", [-900.0, sac])
     for seed, fmer, sac in ((1, 10.0, 30.0), (2, 20.0, 40.0)):
         write_run(runs, f"InvertedPendulum-v5__fmer_continuous__{seed}__1", [0.0, fmer])
-        write_run(runs, f"InvertedPendulum-v5__sac_continuous__{seed}__1", [0.0, sac])
+        write_run(sac_runs, f"InvertedPendulum-v5__sac_continuous__{seed}__1", [0.0, sac])
     write_run(runs, "HalfCheetah-v5__fmer_continuous__1__1", [0.0, 1029.533])  # FMER only: no P(improvement) there
     write_run(runs, "MountainCarContinuous-v0__fmer_continuous__1__1", [0.0, 90.0])  # no normalisation reference
     write_run(runs, "MountainCarContinuous-v0__other__1__1", [0.0, 80.0])
     out = tmp_path / "out" / "summary.md"
-    command = [sys.executable, str(ROOT / "benchmark" / "summarize.py"), "--runs-dir", str(runs), "--out", str(out)]
+    command = [
+        sys.executable,
+        str(ROOT / "benchmark" / "summarize.py"),
+        "--runs-dir",
+        str(runs),
+        str(sac_runs),
+        "--out",
+        str(out),
+    ]
     result = subprocess.run([*command, "--plot-dir", str(tmp_path / "plots"), "--resamples", "999"], capture_output=True)
     assert result.returncode == 0, result.stderr.decode()
     text = out.read_text()
