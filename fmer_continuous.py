@@ -553,7 +553,8 @@ if __name__ == "__main__":
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
     action_space, observation_space = check_args(args, device)
     args.run_name = args.run_name or f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    model_path, state_path = f"runs/{args.run_name}/{args.exp_name}.fmer_model", f"runs/{args.run_name}/state.pt"
+    run_dir = f"runs/{args.run_name}"
+    model_path, state_path = f"{run_dir}/{args.exp_name}.fmer_model", f"{run_dir}/state.pt"
     state = load_state(state_path, device) if args.resume and os.path.exists(state_path) else None
     start_step = state["counters"]["global_step"] if state else 0
     if args.track:  # W&B mirrors the tensorboard log; a resumed run continues its W&B run
@@ -561,9 +562,7 @@ if __name__ == "__main__":
 
         run = {"name": args.run_name, "id": args.run_name, "resume": "allow", "config": vars(args), "save_code": True}
         wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True, **run)
-    writer = SummaryWriter(
-        f"runs/{args.run_name}", purge_step=start_step + 1 if state else 0
-    )  # drops what was logged after the save
+    writer = SummaryWriter(run_dir, purge_step=start_step + 1 if state else 0)  # drops what was logged after the save
     table = "\n".join(f"|{key}|{value}|" for key, value in vars(args).items())
     writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}", start_step)
 
@@ -623,9 +622,7 @@ if __name__ == "__main__":
         global_step, num_updates, last_return = (state["counters"][k] for k in ("global_step", "num_updates", "last_return"))
 
     resumed = f", resumed at step {start_step}" if state else ""
-    print(
-        f"runs/{args.run_name}: {args.total_timesteps} steps on {device}, learning from step {args.learning_starts}{resumed}"
-    )
+    print(f"{run_dir}: {args.total_timesteps} steps on {device}, learning from step {args.learning_starts}{resumed}")
     stop = []  # SIGTERM, SIGUSR1 (Slurm's preemption and time-limit warning), Ctrl-C: stop at the end of the step
     for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):  # then a second Ctrl-C stops at once
         signal.signal(s, lambda s, _: stop.append(s) or signal.signal(signal.SIGINT, signal.default_int_handler))
