@@ -259,7 +259,7 @@ def test_actor_step_with_large_alpha_raises_entropy():
 def test_alpha_and_beta_track_their_targets():
     """FMER_SPEC 4b: at the default controller rates the ESS and the entropy settle at their targets."""
     torch.manual_seed(0)
-    obs_dim, act_dim, B = 4, 2, 64
+    obs_dim, act_dim, B = 4, 2, 32
     actor, critic = fm.VelocityField(obs_dim, act_dim, 64), fm.TwinQ(obs_dim, act_dim, 64)
     with torch.no_grad():  # a fixed critic with clear preferences among candidates
         for w in critic.weights:
@@ -284,7 +284,7 @@ def test_alpha_and_beta_track_their_targets():
             log_beta,
             beta_opt,
             8,
-            10,
+            4,  # ODE steps: the controllers do not need the default 10
             args.ess_target,
             target,
         )
@@ -300,7 +300,7 @@ def test_policy_improves_on_a_one_step_bandit():
     """End to end: critic and actor updates on r(a) = -4 (a - 0.5)^2 with one-step episodes move the
     policy from around 0 to the optimum. Softmax(-Q / beta) or uniform weights would not."""
     torch.manual_seed(0)
-    obs_dim, act_dim, B, H = 2, 1, 128, 64
+    obs_dim, act_dim, B, H, N = 2, 1, 64, 64, 4
     actor = fm.VelocityField(obs_dim, act_dim, H)
     critic, target_critic = fm.TwinQ(obs_dim, act_dim, H), fm.TwinQ(obs_dim, act_dim, H)
     target_critic.load_state_dict(critic.state_dict())
@@ -312,9 +312,9 @@ def test_policy_improves_on_a_one_step_bandit():
         actions = torch.rand(B, act_dim) * 2 - 1
         rewards = -4 * ((actions - 0.5) ** 2).sum(-1)
         batch = (obs, actions, rewards, obs, torch.ones(B))
-        fm.update_critic(batch, actor, critic, target_critic, critic_opt, 0.99, 0.005, 8, 10)
-        fm.update_actor(obs, actor, critic, actor_opt, log_alpha, alpha_opt, log_beta, beta_opt, 8, 10, 4.0, -2.0)
-    a = torch.tanh(fm.sample_candidates(actor, obs[:1], 1000, 10)).flatten()
+        fm.update_critic(batch, actor, critic, target_critic, critic_opt, 0.99, 0.005, 8, N)
+        fm.update_actor(obs, actor, critic, actor_opt, log_alpha, alpha_opt, log_beta, beta_opt, 8, N, 4.0, -2.0)
+    a = torch.tanh(fm.sample_candidates(actor, obs[:1], 1000, N)).flatten()
     assert abs(a.mean().item() - 0.5) < 0.15, a.mean().item()
     assert a.std().item() < 0.35
 

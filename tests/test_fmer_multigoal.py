@@ -200,14 +200,24 @@ def test_evaluate_modes_starts_both_evaluations_alike_and_samples_ignore_the_cri
     assert "goals reached best-of-K" in line and "by the policy's samples" in line and "nearest-goal fraction" in line
 
 
+@pytest.fixture(scope="module")
+def two_smoke_runs(tmp_path_factory):
+    args = "--total-timesteps 240 --learning-starts 200 --eval-frequency 120 --eval-episodes 6 --hidden-dim 32 --no-cuda"
+    args = [*args.split(), *"--batch-size 32 --num-candidates 4 --ode-steps 2 --log-frequency 20 --save-model".split()]
+    runs = []
+    for name in ("a", "b"):
+        cwd = tmp_path_factory.mktemp(name)
+        proc = subprocess.run(
+            [sys.executable, str(ROOT / "fmer_multigoal.py"), *args], cwd=cwd, capture_output=True, text=True, timeout=600
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs.append((cwd, proc))
+    return runs
+
+
 @pytest.mark.slow
-def test_smoke_run_writes_goal_metrics_and_checkpoints_that_draw(tmp_path):
-    args = "--total-timesteps 240 --learning-starts 200 --eval-frequency 120 --eval-episodes 6 --hidden-dim 32"
-    args = [*args.split(), *"--batch-size 32 --log-frequency 20 --save-model".split()]
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "fmer_multigoal.py"), *args], cwd=tmp_path, capture_output=True, text=True, timeout=600
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def test_smoke_run_writes_goal_metrics_and_checkpoints_that_draw(two_smoke_runs):
+    tmp_path, proc = two_smoke_runs[0]
     (run_dir,) = (tmp_path / "runs").iterdir()
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -251,37 +261,9 @@ def test_pictures_of_a_folder_without_checkpoints_fail_in_one_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_same_seed_same_run_on_cpu(tmp_path):
+def test_same_seed_same_run_on_cpu(two_smoke_runs):
     """Both evaluations draw from the torch RNG that training uses: the same seed must still give the same run."""
-    args = [
-        "--total-timesteps",
-        "230",
-        "--learning-starts",
-        "200",
-        "--eval-frequency",
-        "115",
-        "--eval-episodes",
-        "4",
-        "--hidden-dim",
-        "16",
-        "--batch-size",
-        "16",
-        "--no-cuda",
-        "--seed",
-        "3",
-    ]
-    lines = []
-    for name in ("a", "b"):
-        (tmp_path / name).mkdir()
-        proc = subprocess.run(
-            [sys.executable, str(ROOT / "fmer_multigoal.py"), *args],
-            cwd=tmp_path / name,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        lines.append([line for line in proc.stdout.splitlines() if ": eval return" in line])
+    lines = [[line for line in proc.stdout.splitlines() if ": eval return" in line] for _, proc in two_smoke_runs]
     assert len(lines[0]) == 2 and lines[0] == lines[1]
 
 

@@ -15,29 +15,11 @@ import fmer_continuous as fm
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "fmer_continuous.py"
-# Small enough for CI; learning_starts < total_timesteps, so updates (critic and actor) do run.
-SMOKE = [
-    "--env-id",
-    "Pendulum-v1",
-    "--total-timesteps",
-    "500",
-    "--learning-starts",
-    "400",
-    "--num-envs",
-    "2",
-    "--eval-frequency",
-    "250",
-    "--eval-episodes",
-    "2",
-    "--log-frequency",
-    "20",
-    "--hidden-dim",
-    "64",
-    "--batch-size",
-    "64",
-    "--seed",
-    "3",
-]
+# Small enough for CI: learning_starts < total_timesteps, so updates (critic and actor) do run, and the two envs end
+# their first 200-step episodes at step 400.
+SMOKE = "--env-id Pendulum-v1 --total-timesteps 400 --learning-starts 360 --num-envs 2 --eval-frequency 200"
+SMOKE = [*SMOKE.split(), *"--eval-episodes 2 --log-frequency 20 --hidden-dim 16 --batch-size 16 --num-candidates 4".split()]
+SMOKE += ["--ode-steps", "2", "--seed", "3"]
 
 
 def run_script(args, cwd, timeout=600):
@@ -81,14 +63,14 @@ def test_smoke_run_logs_every_documented_tag(two_smoke_runs):
     assert tags <= set(scalars), f"missing tags: {sorted(tags - set(scalars))}"
     assert set(scalars) <= tags, f"undocumented tags: {sorted(set(scalars) - tags)}"
     # the updates ran: losses were logged after learning_starts, and the controllers moved
-    assert min(step for step, _ in scalars["losses/wcfm_loss"]) >= 400
+    assert min(step for step, _ in scalars["losses/wcfm_loss"]) >= 360
     assert scalars["losses/beta"][-1][1] != pytest.approx(0.5)
     assert "eval return" in proc.stdout
     # the annealed actor lr and entropy target (Pendulum: 1 action dimension) follow their schedules
     for step, lr in scalars["charts/learning_rate"]:
-        assert lr == pytest.approx(fm.linear_schedule(3e-4, 3e-5, step / 500), rel=1e-5)
+        assert lr == pytest.approx(fm.linear_schedule(3e-4, 3e-5, step / 400), rel=1e-5)
     for step, target in scalars["charts/target_entropy"]:
-        assert target == pytest.approx(fm.linear_schedule(0.0, -1.0, step / 500), abs=1e-6)
+        assert target == pytest.approx(fm.linear_schedule(0.0, -1.0, step / 400), abs=1e-6)
 
 
 @pytest.mark.slow
@@ -109,18 +91,26 @@ def one_line_error(proc):
 
 
 @pytest.mark.slow
+def test_bad_input_one_line(tmp_path):
+    assert "FMER needs bounded Box actions and flat Box observations" in one_line_error(
+        run_script(["--env-id", "CartPole-v1"], tmp_path)
+    )
+    assert not (tmp_path / "runs").exists()  # it stops before the run starts
+
+
 @pytest.mark.parametrize(
-    "args, expect",
+    "flags, expect",
     [
-        (["--env-id", "CartPole-v1"], "FMER needs bounded Box actions and flat Box observations"),
-        (["--env-id", "NoSuchEnv-v0"], "cannot make env"),
-        (["--ess-target", "9"], "--ess-target"),
-        (["--beta-init", "0"], "--beta-init must be positive"),
-        (["--policy-frequency", "0"], "--policy-frequency must be at least 1"),
+        ({"env_id": "NoSuchEnv-v0"}, "cannot make env"),
+        ({"ess_target": 9.0}, "--ess-target"),
+        ({"beta_init": 0.0}, "--beta-init must be positive"),
+        ({"policy_frequency": 0}, "--policy-frequency must be at least 1"),
     ],
 )
-def test_bad_input_one_line(tmp_path, args, expect):
-    assert expect in one_line_error(run_script(args, tmp_path))
+def test_bad_flags_one_line(flags, expect):  # the checks the command above runs, without a process each
+    with pytest.raises(SystemExit) as stop:
+        fm.check_args(fm.Args(**{"ess_target": 4.0, **flags}), torch.device("cpu"))
+    assert str(stop.value).startswith("error:") and expect in str(stop.value) and "\n" not in str(stop.value)
 
 
 @pytest.mark.slow
@@ -160,7 +150,8 @@ class _UnboundedEnv(gym.Env):
 @pytest.mark.slow
 def test_save_model_writes_a_model_that_benchmark_evaluate_loads(tmp_path):
     args = ["--env-id", "Pendulum-v1", "--total-timesteps", "60", "--learning-starts", "20", "--eval-frequency", "30"]
-    proc = run_script([*args, "--eval-episodes", "1", "--hidden-dim", "32", "--save-model", "--run-name", "m"], tmp_path)
+    args += ["--num-candidates", "4", "--ode-steps", "2", "--eval-episodes", "1", "--hidden-dim", "32"]
+    proc = run_script([*args, "--save-model", "--run-name", "m"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     model = tmp_path / "runs/m/fmer_continuous.fmer_model"
     assert sorted(p.name.split(".")[0] for p in model.parent.iterdir()) == ["events", "fmer_continuous"]  # no state.pt

@@ -80,29 +80,24 @@ def resumed_copy(stopped: Path, dest: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_the_same_command_continues_a_stopped_job_to_the_end(stopped, tmp_path):
-    proc = resumed_copy(stopped, tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def test_the_same_command_continues_a_stopped_job_to_the_end_and_two_resumes_are_the_same_run(stopped, tmp_path):
+    proc, other = resumed_copy(stopped, tmp_path / "a"), resumed_copy(stopped, tmp_path / "b")
+    assert proc.returncode == 0 and other.returncode == 0, proc.stderr[-3000:] + other.stderr[-3000:]
     assert "resumed at step 150" in proc.stdout
-    logged = scalars(tmp_path / "runs/job")
+    logged = scalars(tmp_path / "a/runs/job")
     assert [s for s, _ in logged["eval/episodic_return"]] == [100, 200, 300]  # each once: 100 before the stop
     losses = [s for s, _ in logged["losses/qf_loss"]]
     assert losses == sorted(set(losses)) and losses[0] == 100 and losses[-1] == 300  # no step twice, none lost
-    saved = torch.load(tmp_path / "runs/job/state.pt", weights_only=True)  # the end saves too
+    saved = torch.load(tmp_path / "a/runs/job/state.pt", weights_only=True)  # the end saves too
     assert saved["counters"]["global_step"] == 300 and saved["replay_buffer"]["size"] == 300
-    again = run(JOB, tmp_path)  # a finished job, resubmitted, ends at once
+    # one state file resumes as one run
+    logged_b = scalars(tmp_path / "b/runs/job")
+    assert "losses/wcfm_loss" in logged and "eval/episodic_return" in logged
+    for tag in logged.keys() - {"charts/SPS"}:
+        assert logged[tag] == logged_b[tag], tag
+    assert [s for s, _ in logged["charts/SPS"]] == [s for s, _ in logged_b["charts/SPS"]]
+    again = run(JOB, tmp_path / "a")  # a finished job, resubmitted, ends at once
     assert again.returncode == 0 and "eval return" not in again.stdout, again.stderr[-3000:]
-
-
-@pytest.mark.slow
-def test_two_resumes_of_one_state_file_are_the_same_run(stopped, tmp_path):
-    a, b = resumed_copy(stopped, tmp_path / "a"), resumed_copy(stopped, tmp_path / "b")
-    assert a.returncode == 0 and b.returncode == 0, a.stderr[-3000:] + b.stderr[-3000:]
-    logged_a, logged_b = scalars(tmp_path / "a/runs/job"), scalars(tmp_path / "b/runs/job")
-    assert "losses/wcfm_loss" in logged_a and "eval/episodic_return" in logged_a
-    for tag in logged_a.keys() - {"charts/SPS"}:
-        assert logged_a[tag] == logged_b[tag], tag
-    assert [s for s, _ in logged_a["charts/SPS"]] == [s for s, _ in logged_b["charts/SPS"]]
 
 
 @pytest.mark.slow
@@ -204,13 +199,9 @@ def test_bad_state_files_exit_with_one_line(tmp_path):
         assert str(stop.value).startswith("error:") and message in str(stop.value) and "\n" not in str(stop.value), name
 
 
-@pytest.mark.slow
-def test_resume_without_run_name_is_one_line(tmp_path):
-    proc = run([*TINY, "--resume"], tmp_path)
-    assert (
-        proc.returncode != 0 and proc.stderr.strip() == "error: --resume needs --run-name NAME: the run's folder under runs/"
-    )
-    assert not (tmp_path / "runs").exists()
+def test_resume_without_run_name_is_one_line():
+    with pytest.raises(SystemExit, match=r"^error: --resume needs --run-name NAME: the run's folder under runs/$"):
+        fm.check_args(fm.Args(env_id="Pendulum-v1", resume=True, ess_target=4.0), torch.device("cpu"))
 
 
 def test_sigkill_during_a_state_write_keeps_the_previous_state(tmp_path):

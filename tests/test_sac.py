@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
+from benchmark import sac_continuous as sac  # benchmark/ is a namespace package under the repo root (pytest.ini)
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = str(ROOT / "benchmark" / "sac_continuous.py")
 TINY = ["--env-id", "Pendulum-v1", "--total-timesteps", "300", "--learning-starts", "100", "--eval-frequency", "150"]
@@ -67,22 +69,22 @@ def plain(tmp_path_factory) -> Path:
     return cwd / "runs" / "plain"
 
 
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (["--env-id", "NoSuchEnv-v0"], "error: cannot make env 'NoSuchEnv-v0'"),
-        (["--env-id", "CartPole-v1"], "error: SAC needs a continuous (Box) action space with finite bounds"),
-        (["--eval-episodes", "0"], "error: --eval-episodes must be at least 1, got 0"),
-        (["--resume"], "error: --resume needs --run-name NAME"),
-        (["--resume", "--run-name", "foreign"], "error: runs/foreign/state.json is not a training state of sac_continuous.py"),
-    ],
-)
-def test_bad_input_gets_one_line(tmp_path, args, message):
+def test_bad_input_gets_one_line(tmp_path):
     (tmp_path / "runs" / "foreign").mkdir(parents=True)
     (tmp_path / "runs" / "foreign" / "state.json").write_text(json.dumps({"script": "fmer_continuous.py"}))
-    result = run(tmp_path, *args)
-    assert result.returncode != 0
-    assert result.stderr.startswith(message) and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    result = run(tmp_path, "--resume", "--run-name", "foreign")
+    assert result.returncode != 0 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert result.stderr.startswith("error: runs/foreign/state.json is not a training state of sac_continuous.py")
+    # the checks that command runs first, without a process each
+    for check, message in [
+        (lambda: sac.check_env("NoSuchEnv-v0"), "error: cannot make env 'NoSuchEnv-v0'"),
+        (lambda: sac.check_env("CartPole-v1"), "error: SAC needs a continuous (Box) action space with finite bounds"),
+        (lambda: sac.check_args(sac.Args(eval_episodes=0)), "error: --eval-episodes must be at least 1, got 0"),
+        (lambda: sac.check_args(sac.Args(resume=True)), "error: --resume needs --run-name NAME"),
+    ]:
+        with pytest.raises(SystemExit) as stop:
+            check()
+        assert str(stop.value).startswith(message) and "\n" not in str(stop.value), stop.value
 
 
 def test_a_run_writes_our_tags_and_no_state(plain):

@@ -1,14 +1,13 @@
 """The Slurm path, for real: benchmark/run.py --slurm on a one-node cluster of this machine.
 
-The cluster (slurmctld, slurmd, munged; Debian's slurm-wlm and munge, installed with apt-get if
-missing) is started by benchmark/slurm_cluster.sh in a fixture. The grid is fmer_continuous.py and
-the SAC baseline (benchmark/sac_continuous.py) on Pendulum-v1, seed 1, with a tiny budget; each task
-is requeued mid-run (`scontrol requeue`, what a preemption does) once it has saved its state, must
-resume, and the finished array must give, through summarize.py, both runs with every evaluation
-point exactly once.
+The cluster (slurmctld, slurmd, munged; Debian's slurm-wlm and munge, which .ci/run installs) is started by
+benchmark/slurm_cluster.sh in a fixture, which installs nothing here (FMER_SLURM_NO_INSTALL=1). The grid is
+fmer_continuous.py and the SAC baseline (benchmark/sac_continuous.py) on Pendulum-v1, seed 1, with a tiny budget; each
+task is requeued mid-run (`scontrol requeue`, what a preemption does) once it has saved its state, must resume, and
+the finished array must give, through summarize.py, both runs with every evaluation point exactly once.
 
-Skipped, with the reason, only where Slurm cannot be had: not root, or no apt-get to install it. In
-CI (CI=true) that is a failure instead: the test is never skipped there.
+Skipped, with the reason, only where Slurm cannot run: not root, or not installed. In CI (CI=true)
+that is a failure instead: the test is never skipped there.
 
 The first tests need no cluster: summarize.py on hand-written event files of a resumed run.
 """
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import unavailable
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 from torch.utils.tensorboard import SummaryWriter
 
@@ -32,7 +32,6 @@ from benchmark import run as bench_run
 from benchmark import summarize
 
 ROOT = Path(__file__).resolve().parents[1]
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 TAG = "eval/episodic_return"
 
 
@@ -135,13 +134,6 @@ def test_run_names():
 # ---- the cluster ----
 
 
-def unavailable(reason: str):
-    """Skip where Slurm cannot be had; in CI, fail: this test is never skipped there."""
-    if IN_CI:
-        pytest.fail(f"CI=true, and the Slurm test cannot run: {reason}", pytrace=False)
-    pytest.skip(reason)
-
-
 def free_port_pair() -> int:
     """A port p with p and p + 1 free (slurmctld, slurmd), so that another cluster on the machine is no clash."""
     for port in range(27817, 28817, 2):
@@ -162,9 +154,9 @@ def slurm(tmp_path_factory):
         unavailable("no bash")
     state = tmp_path_factory.mktemp("slurm")
     script = ROOT / "benchmark" / "slurm_cluster.sh"
-    env = dict(os.environ, FMER_SLURM_PORT=str(free_port_pair()))
+    env = dict(os.environ, FMER_SLURM_PORT=str(free_port_pair()), FMER_SLURM_NO_INSTALL="1")
     start = subprocess.run(["bash", str(script), "start", str(state)], env=env, capture_output=True, text=True, timeout=900)
-    if start.returncode == 3:  # not root, or slurm-wlm and munge missing and not installable
+    if start.returncode == 3:  # not root, or slurm-wlm and munge missing (apt-get install slurm-wlm munge)
         unavailable(f"no Slurm here: {start.stderr.strip().splitlines()[-1]}")
     assert start.returncode == 0, f"the one-node cluster did not start:\n{start.stdout}\n{start.stderr}"
     try:
@@ -198,7 +190,7 @@ def wait_for(condition, timeout: float, what: str, diagnose) -> None:
 SCRIPTS = ("fmer_continuous.py", "benchmark/sac_continuous.py")  # one array task each
 
 
-TOTAL, EVAL, LEARNING_STARTS = 1500, 250, 500
+TOTAL, EVAL, LEARNING_STARTS = 600, 200, 200
 TINY = [
     "--total-timesteps",
     str(TOTAL),
@@ -228,7 +220,7 @@ TINY = [
 ]
 
 
-# A task's first start stops inside its training env's step PAUSE_AT (after its save at 700 and its evaluation at 750)
+# A task's first start stops inside its training env's step PAUSE_AT (after its save and its evaluation at step 400)
 # until a signal comes, so the requeue finds it mid-run however fast the machine is: the task runs the script through
 # this driver. The training env: FMER's vector env of 1 (the evaluation has 2), SAC's (SB3's DummyVecEnv).
 PAUSE_AT = LEARNING_STARTS + EVAL + 1

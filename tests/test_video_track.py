@@ -1,17 +1,18 @@
 """--capture-video and --track as a user runs them: a real headless MuJoCo render (OSMesa) read back from the
 MP4, one line on stderr for a missing OpenGL back end, and an offline W&B run that holds the synced tensorboard
-metrics and continues on --resume."""
+metrics and continues on --resume. .ci/run installs OSMesa (libosmesa6) and wandb; where one is missing, its test skips
+(under CI=true, fails)."""
 
 import ctypes.util
 import importlib.util
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import unavailable
 
 ROOT = Path(__file__).resolve().parents[1]
 WANDB_PIN = "wandb==0.31.0"  # the version the docs name
@@ -55,25 +56,14 @@ def run(script: str, args: list[str], cwd: Path, **env_changes) -> subprocess.Co
 
 @pytest.fixture(scope="module")
 def osmesa():
-    """The OSMesa library, installed with apt-get (as .ci/run does) where it is missing and we may."""
-    if ctypes.util.find_library("OSMesa") is None and shutil.which("apt-get") and os.geteuid() == 0:
-        subprocess.run(
-            "apt-get install -y -qq libosmesa6 || (apt-get update -qq && apt-get install -y -qq libosmesa6)",
-            shell=True,
-            capture_output=True,
-            check=False,
-        )
     if ctypes.util.find_library("OSMesa") is None:
-        pytest.skip("no OSMesa library for a headless render: apt-get install libosmesa6")
+        unavailable("no OSMesa library for a headless render: apt-get install libosmesa6")
 
 
 @pytest.fixture(scope="module")
 def wandb_installed():
-    """wandb is not a requirement of the scripts: install the pinned version where it is missing."""
     if importlib.util.find_spec("wandb") is None:
-        pip = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", WANDB_PIN], capture_output=True, text=True)
-        if pip.returncode != 0:
-            pytest.skip(f"wandb is missing and pip cannot install {WANDB_PIN}: {pip.stderr.strip().splitlines()[-1:]}")
+        unavailable(f"wandb is not installed (not a requirement of the scripts): pip install {WANDB_PIN}")
 
 
 @pytest.mark.slow
