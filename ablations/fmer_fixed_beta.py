@@ -424,7 +424,8 @@ class ReplayBuffer:
     def load_state_dict(self, state: dict) -> None:
         for name in self.FIELDS:
             getattr(self, name)[: state["size"]] = state[name]
-        self.pos, self.size = state["pos"], state["size"]
+        self.size = state["size"]  # a longer --total-timesteps on resume enlarges the buffer: append after its rows
+        self.pos = state["pos"] if self.size == self.capacity else self.size
 
 
 def add_vector_step(rb: ReplayBuffer, obs, actions, next_obs, rewards, terminations, infos) -> None:

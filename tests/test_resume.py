@@ -175,6 +175,18 @@ def test_a_saved_state_restores_every_part_and_keeps_the_runs_lr_tensor(tmp_path
     assert rb.state_dict()["obs"].untyped_storage().nbytes() == 10 * 3 * 4  # the filled rows only
 
 
+def test_a_buffer_resumed_into_a_larger_one_appends_after_its_rows():
+    """A longer --total-timesteps on resume makes a larger buffer: a full one that had wrapped must not leave unwritten
+    rows inside the sampled range (they would be garbage: NaN losses)."""
+    small = fm.ReplayBuffer(3, 2, 1, torch.device("cpu"))
+    for i in range(4):  # wrapped: pos 1, size 3
+        small.add([[i, i]], [[i, i]], [[0.0]], [float(i)], [0.0])
+    bigger = fm.ReplayBuffer(6, 2, 1, torch.device("cpu"))
+    bigger.load_state_dict(small.state_dict())
+    bigger.add([[9, 9]], [[9, 9]], [[0.0]], [9.0], [0.0])
+    assert bigger.rewards[:4].tolist() == [3.0, 1.0, 2.0, 9.0] and bigger.size == 4  # rows past size are never read
+
+
 def test_non_finite_weights_are_never_saved(tmp_path, capsys):
     learner, *_ = trained_parts(0)
     with torch.no_grad():
