@@ -297,8 +297,8 @@ def main():
     }
 
     def save():
+        write_atomically(out / "report.md", render(results))  # first: results.json in place means the report is too
         write_atomically(out / "results.json", json.dumps(results, indent=1) + "\n")
-        write_atomically(out / "report.md", render(results))
 
     save()
     for name in args.parts:
