@@ -18,6 +18,17 @@ def unavailable(reason: str):
     pytest.skip(reason)
 
 
+@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook
 def pytest_xdist_auto_num_workers(config):
     """A single test file runs in this process (benchmark/gpu_check.py runs one): starting workers would cost more."""
     return 0 if len(config.args) == 1 and config.args[0].split("::")[0].endswith(".py") else None
+
+
+# The files by their cost, the costliest first, so that no worker is left alone with a long one at the end (pytest.ini:
+# --no-loadscope-reorder keeps this order); the Slurm test first of all: it mostly waits on its cluster.
+COSTLIEST_FIRST = "slurm fmer_kitchen resume gpu_check ablations fmer_speed fmer_multigoal fmer_runs video_track sac fmer_math"
+COSTLIEST_FIRST = [f"test_{name}.py" for name in COSTLIEST_FIRST.split()]
+
+
+def pytest_collection_modifyitems(items):
+    items.sort(key=lambda item: COSTLIEST_FIRST.index(item.path.name) if item.path.name in COSTLIEST_FIRST else 99)

@@ -34,7 +34,7 @@ def keep_imported_scripts():
 
 def save(module, path, **flags):
     """A checkpoint of random weights, as module's --save-model writes it."""
-    args = module.Args(env_id="Pendulum-v1", hidden_dim=16, eval_episodes=2, **flags)
+    args = module.Args(env_id="Pendulum-v1", hidden_dim=16, eval_episodes=2, num_candidates=4, ode_steps=2, **flags)
     learner = {"actor": module.VelocityField(3, 1, 16), "critic": module.TwinQ(3, 1, 16)}
     module.save(str(path), args, {**learner, "log_alpha": torch.zeros(()), "log_beta": torch.zeros(())})
     return path
@@ -70,7 +70,7 @@ def test_the_line_is_the_scripts_own_evaluation_on_eval_envs_seeded_as_in_traini
     actor, critic = fm.VelocityField(3, 1, 16), fm.TwinQ(3, 1, 16)
     actor.load_state_dict(checkpoint["actor"])
     critic.load_state_dict(checkpoint["critic"])
-    returns, _ = fm.evaluate(actor, critic, envs, action_space.high, 0.0, 8, 10, CPU)
+    returns, _ = fm.evaluate(actor, critic, envs, action_space.high, 0.0, 4, 2, CPU)
     seeded = line(path, seed=5)
     assert re.fullmatch(
         r"\S+ \(fmer_continuous.py\) on Pendulum-v1: eval return -?\d+\.\d+ \+- \d+\.\d+ over 2 episodes \(mean length 200\)",

@@ -146,7 +146,7 @@ def trained_parts(seed: int):
     opts += [torch.optim.Adam([log_alpha], lr=3e-3), torch.optim.Adam([log_beta], lr=3e-2)]
     rb = fm.ReplayBuffer(10, 3, 1, torch.device("cpu"))
     for i in range(13):  # wraps: pos 3, size 10
-        rb.add([[i, i, i]], [[i + 1] * 3], [[0.5]], [float(i)], [0.0])
+        rb.add([[i, i, i]], [[i + 1] * 3], [[0.5]], [float(i + seed)], [0.0])  # rewards differ by seed
     batch = rb.sample(4)
     fm.update_critic(batch, actor, critic, target, opts[1], 0.99, 0.005, 4, 2)
     fm.update_actor(batch[0], actor, critic, opts[0], log_alpha, opts[2], log_beta, opts[3], 4, 2, 2.0, torch.tensor(0.0))
