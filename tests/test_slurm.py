@@ -157,7 +157,7 @@ def slurm(tmp_path_factory):
     env = dict(os.environ, FMER_SLURM_PORT=str(free_port_pair()), FMER_SLURM_NO_INSTALL="1")
     start = subprocess.run(["bash", str(script), "start", str(state)], env=env, capture_output=True, text=True, timeout=900)
     if start.returncode == 3:  # not root, or slurm-wlm and munge missing (apt-get install slurm-wlm munge)
-        unavailable(f"no Slurm here: {start.stderr.strip().splitlines()[-1]}")
+        unavailable(f"no Slurm here ({start.stderr.strip().splitlines()[-1]}): apt-get install slurm-wlm munge")
     assert start.returncode == 0, f"the one-node cluster did not start:\n{start.stdout}\n{start.stderr}"
     try:
         yield dict(env, SLURM_CONF=str(state / "slurm.conf"))
