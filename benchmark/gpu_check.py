@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PARTS = ("tests", "speed", "learn")
 EVAL_LINE = re.compile(r"step (\d+): eval return (\S+) \+- (\S+)")  # the scripts' evaluation line
 TINY = "--hidden-dim 32 --batch-size 32 --no-cuda"
+SMALL_K_N = "--num-candidates 4 --ode-steps 2"  # the dry learning run's candidates and ODE steps (speed.py keeps its own)
 
 # What the parts run on a GPU, and in the dry mode. Sized for about 5 minutes on one H100/H200 (an estimate: not yet
 # run on a GPU). The measured windows are short (speed times 20 updates per mode and counts SPS over 500 steps after
@@ -58,7 +59,7 @@ SIZES = {
         "envs": ["Hopper-v5"],
         "modes": ["eager"],
         "speed": f"--iters 3 --warmup 1 --no-parts --learning-starts 64 --burn-in 16 --sps-steps 48 {TINY}".split(),
-        "learn": f"--learning-starts 100 --eval-frequency 100 --eval-episodes 2 --log-frequency 10 {TINY}".split(),
+        "learn": f"--learning-starts 100 --eval-frequency 100 --eval-episodes 2 --log-frequency 10 {TINY} {SMALL_K_N}".split(),
         "learn_steps": 300,
         "sps_from": 150,
     },
