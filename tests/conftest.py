@@ -20,12 +20,12 @@ def unavailable(reason: str):
 
 @pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook
 def pytest_xdist_auto_num_workers(config):
-    """One worker more than the cores: the Slurm test and the scripts' starts mostly wait, and a third worker fills the
-    cores meanwhile (2 cores: 5:09 against 5:38 with two). A single test file runs in this process (benchmark/gpu_check.py
-    runs one): starting workers would cost more."""
+    """One worker more than the cores: the Slurm test and the scripts' starts mostly wait, and the extra worker fills
+    the cores meanwhile. A single test file runs in this process (benchmark/gpu_check.py runs one): starting workers
+    would cost more."""
     if len(config.args) == 1 and config.args[0].split("::")[0].endswith(".py"):
         return 0
-    return len(os.sched_getaffinity(0)) + 1
+    return (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1) + 1
 
 
 # The files by their cost, the costliest first, so that no worker is left alone with a long one at the end (pytest.ini:
