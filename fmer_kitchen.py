@@ -444,8 +444,9 @@ def evaluate(actor, critic, envs, action_scale, action_bias, num_candidates, num
 
 
 def describe_successes(tasks: list[str], completed: np.ndarray) -> str:
-    """Per-subtask success counts over the eval episodes, e.g. "light switch 7/10, slide cabinet 2/10"."""
-    return ", ".join(f"{task} {int(n)}/{len(completed)}" for task, n in zip(tasks, completed.sum(axis=0)))
+    """The completion rate and per-subtask successes over the eval episodes, e.g. "45.0% (light switch 7/10, kettle 2/10)"."""
+    counts = ", ".join(f"{task} {int(n)}/{len(completed)}" for task, n in zip(tasks, completed.sum(axis=0)))
+    return f"{100 * completed.mean():.1f}% ({counts})"
 
 
 class ReplayBuffer:
@@ -772,8 +773,7 @@ if __name__ == "__main__":
                 writer.add_scalar("eval/completion_rate", completed.mean(), global_step)
                 for task, successes in zip(args.tasks, completed.sum(axis=0)):
                     writer.add_scalar(f"eval/successes/{task.replace(' ', '_')}", successes, global_step)
-                summary = f"{100 * completed.mean():.1f}% ({describe_successes(args.tasks, completed)})"
-                print(f"step {global_step}: eval completion rate {summary}")
+                print(f"step {global_step}: eval completion rate {describe_successes(args.tasks, completed)}")
                 if args.save_model:
                     save(model_path, args, learner)
 

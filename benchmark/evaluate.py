@@ -86,8 +86,7 @@ def evaluate_checkpoint(path: str, episodes: int | None, seed: int | None, devic
         returns, lengths, modes = result["returns"], result["lengths"], f"; {fm.describe_modes(result)}"
     elif family == "kitchen":
         returns, _, completed = fm.evaluate(actor, critic, envs[0], scale, bias, K, N, device)
-        rate = f"completion rate {100 * completed.mean():.1f}% ({fm.describe_successes(saved['tasks'], completed)})"
-        return f"{head} {rate} over {len(returns)} episodes"
+        return f"{head} completion rate {fm.describe_successes(saved['tasks'], completed)} over {len(returns)} episodes"
     else:  # the ODE-solver ablation samples with the checkpoint's solver (its parent's files: Euler)
         solver = [saved.get("solver", "euler")] if "solver" in fm.Args.__dataclass_fields__ else []
         returns, lengths = fm.evaluate(actor, critic, envs[0], scale, bias, K, N, device, *solver)

@@ -16,6 +16,7 @@ import torch
 import tyro
 from stable_baselines3 import SAC
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.logger import Logger
 from torch.utils.tensorboard import SummaryWriter
 
 SCRIPT = os.path.basename(__file__)
@@ -239,6 +240,7 @@ if __name__ == "__main__":
     writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}", start_step)
 
     protocol = Protocol(args, writer, eval_envs, run_dir, start_step, last_return)
+    model.set_logger(Logger(folder=None, output_formats=[]))  # SB3's own logs stay in memory: no folder under /tmp
 
     def on_signal(signum, frame):  # SIGTERM, SIGUSR1 (Slurm's preemption and time-limit warning), Ctrl-C
         if signum == signal.SIGINT:

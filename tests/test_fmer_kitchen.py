@@ -121,7 +121,7 @@ def test_completions_survive_the_vector_autoreset():
 
 def test_describe_successes():
     completed = np.array([[1, 0], [1, 1], [0, 0]])
-    assert fk.describe_successes(["light switch", "kettle"], completed) == "light switch 2/3, kettle 1/3"
+    assert fk.describe_successes(["light switch", "kettle"], completed) == "50.0% (light switch 2/3, kettle 1/3)"
 
 
 def read_scalars(run_dir: Path) -> dict:

@@ -44,7 +44,8 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 
 
 def run(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    (cwd / "tmp").mkdir(exist_ok=True)
+    env = dict(os.environ, OMP_NUM_THREADS="1", TMPDIR=str(cwd / "tmp"))  # so a test sees what a run leaves in /tmp
     return subprocess.run([sys.executable, SCRIPT, *args], cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
 
 
@@ -105,6 +106,8 @@ def test_a_run_writes_our_tags_and_no_state(plain):
     ]
     assert len(table) == 1 and "|total_timesteps|300|" in table[0] and "|batch_size|256|" in table[0]
     assert sorted(p.name for p in plain.iterdir() if not p.name.startswith("events.out.tfevents.")) == []
+    # nothing in the temporary folder (SB3 would write its logs there) but torch's own cache
+    assert [p.name for p in (plain.parents[1] / "tmp").iterdir() if not p.name.startswith("torchinductor_")] == []
 
 
 def test_sigterm_saves_and_resume_continues_with_the_same_seeded_run(tmp_path, plain):
