@@ -444,6 +444,13 @@ if __name__ == "__main__":
     flags = {script: script_flags(script, extra) for script in scripts}  # each script's share of the pass-through flags
     commands = [command(run, args.python, flags[run.script]) for run in runs]
 
+    names = [run_name(run, flags[run.script]) for run in runs]  # its log, and its runs/ folder in a Slurm array
+    twice = [name for name in names if names.count(name) > 1]
+    if twice:  # they would share a log, and in a Slurm array a run folder and its saved state
+        sys.exit(
+            f"error: two runs of the grid are named {twice[0]}: a seed or env id given twice, "
+            "or one --exp-name passed to two scripts (run those as separate grids)"
+        )
     no_resume = [s for s in scripts if s not in missing and not RESUME_FLAGS <= (declared_flags(ROOT / s) or set())]
     if args.slurm and no_resume:  # its tasks would fail at once on --run-name NAME --resume
         sys.exit(f"error: {no_resume[0]} has no --resume switch: a Slurm array task could not continue its run")
@@ -462,5 +469,4 @@ if __name__ == "__main__":
         if missing:
             sys.exit("error: missing scripts, nothing run")
         threads = args.threads or max(1, cores() // args.workers)
-        names = [run_name(run, flags[run.script]) for run in runs]
         sys.exit(1 if run_local(names, commands, ROOT / args.log_dir, args.workers, threads) else 0)

@@ -20,12 +20,13 @@ from stable_baselines3.common.logger import Logger
 from torch.utils.tensorboard import SummaryWriter
 
 SCRIPT = os.path.basename(__file__)
-# SB3's names of the losses it records at each update -> our tensorboard tags (critic_loss: 0.5 x the two critics' MSE)
+# SB3's names of the losses it records at each update -> our tensorboard tags, and the factor to our meaning: SB3's
+# critic_loss is half the sum of the two critics' MSE, FMER's losses/qf_loss the sum, so the two curves overlay.
 LOSS_TAGS = {
-    "train/critic_loss": "losses/critic_loss",
-    "train/actor_loss": "losses/actor_loss",
-    "train/ent_coef": "losses/alpha",
-    "train/ent_coef_loss": "losses/alpha_loss",
+    "train/critic_loss": ("losses/qf_loss", 2.0),
+    "train/actor_loss": ("losses/actor_loss", 1.0),
+    "train/ent_coef": ("losses/alpha", 1.0),
+    "train/ent_coef_loss": ("losses/alpha_loss", 1.0),
 }
 SB3_SETTINGS = ("learning_rate", "batch_size", "gamma", "tau", "ent_coef", "target_entropy", "gradient_steps")
 
@@ -121,7 +122,8 @@ class Protocol(BaseCallback):
             self.window_step, self.window_time = step, now
             for name, value in self.model.logger.name_to_value.items():  # the latest update's (none before learning)
                 if name in LOSS_TAGS:
-                    writer.add_scalar(LOSS_TAGS[name], value, step)
+                    tag, factor = LOSS_TAGS[name]
+                    writer.add_scalar(tag, factor * value, step)
             if now - self.last_print >= args.progress_seconds:
                 self.last_print = now
                 print(f"step {step}/{args.total_timesteps}  SPS {sps:.1f}  last return {self.last_return:.1f}", flush=True)
@@ -158,6 +160,19 @@ class Protocol(BaseCallback):
 # ==== Run management: argument and env checks, reading a saved state ====
 
 
+def grow_buffer(model: SAC, size: int) -> None:
+    """A run resumed with a longer --total-timesteps gets a buffer of the new size, the saved rows first and the next
+    appended after them, as our scripts' buffers do (SB3 would keep the saved size and wrap around)."""
+    old = model.replay_buffer
+    if size <= old.buffer_size:
+        return
+    new = type(old)(size, old.observation_space, old.action_space, old.device, n_envs=old.n_envs)
+    rows = old.buffer_size if old.full else old.pos
+    for name in ("observations", "next_observations", "actions", "rewards", "dones", "timeouts"):
+        getattr(new, name)[:rows] = getattr(old, name)[:rows]
+    new.pos, model.replay_buffer = rows, new
+
+
 def check_args(args: Args) -> None:
     """Exit with one line on a bad number or flag."""
     minimum = {"learning_starts": 0, "checkpoint_frequency": 0, "progress_seconds": 0}
@@ -172,8 +187,8 @@ def check_env(env_id: str) -> None:
     """Exit with one line unless env_id names a gymnasium env with finite Box actions and Box observations."""
     try:
         env = gym.make(env_id)
-    except gym.error.Error as e:
-        sys.exit(f"error: cannot make env {env_id!r}: {e}")
+    except Exception as e:  # an unknown id, or a module of "module:Env-v0" that does not import
+        sys.exit(f"error: cannot make env {env_id!r}: {type(e).__name__}: {e}")
     action_space, observation_space = env.action_space, env.observation_space
     env.close()
     if not isinstance(action_space, gym.spaces.Box) or not np.isfinite([action_space.low, action_space.high]).all():
@@ -224,8 +239,10 @@ if __name__ == "__main__":
         eval_envs.reset(seed=args.seed + 10_000)  # seeds the eval envs' RNGs once; evaluate() continues them
         start_step, last_return = 0, float("nan")
     else:  # the saved networks, optimizers and buffer; a new episode, every generator reseeded from (seed, step)
-        model = SAC.load(f"{run_dir}/{state['model']}", env=env, device=device)
+        # learning_starts as given now: SB3 would keep the saved one
+        model = SAC.load(f"{run_dir}/{state['model']}", env=env, device=device, learning_starts=args.learning_starts)
         model.load_replay_buffer(f"{run_dir}/{state['replay_buffer']}")
+        grow_buffer(model, min(args.buffer_size, args.total_timesteps))
         start_step, last_return = state["global_step"], state["last_return"]
         reseed = int(np.random.SeedSequence([args.seed, start_step]).generate_state(1)[0])
         model.set_random_seed(reseed)

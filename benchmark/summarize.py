@@ -319,7 +319,7 @@ def markdown(groups: list[Group], notes: list[str], curve_links: dict[str, str],
     ]
     for group in groups:
         mean, std = mean_std(group.scores)
-        paper = PAPER.get((group.exp_name, group.env))
+        paper = PAPER.get((group.exp_name, group.env)) if group.budget == PAPER_BUDGET else None  # 1M beside 1M only
         seeds = ", ".join(str(run.seed) for run in group.runs) + (f" {few}" if len(group.runs) < PAPER_SEEDS else "")
         budget = f"{group.budget:,}" + (f" {short}" if group.budget < PAPER_BUDGET else "")
         lines.append(
@@ -329,9 +329,10 @@ def markdown(groups: list[Group], notes: list[str], curve_links: dict[str, str],
         )
     lines += [
         "",
-        f"{short} shorter than the paper's 1M steps: not comparable with the paper column.",
+        f"{short} shorter than the paper's 1M steps: no paper number beside it.",
         f"{few} fewer than the paper's 5 seeds.",
-        "— in the paper column: the paper has no number for this script and env. [—]: no interval from one seed.",
+        "— in the paper column: the paper has no number for this script and env, or the runs are not 1M steps. [—]: no "
+        "interval from one seed.",
         "",
         "## Over envs: IQM of normalised scores",
         "",
@@ -379,6 +380,13 @@ def seed_curves(runs: list[RunLog]) -> tuple[np.ndarray, np.ndarray]:
     return steps, np.stack([np.interp(steps, run.steps, run.values) for run in runs])
 
 
+def band(curves: np.ndarray, resamples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """At each step, the 95% percentile bootstrap interval of the mean over seeds (curves[seed, step])."""
+    rng = np.random.default_rng(seed)
+    result = scipy.stats.bootstrap((curves,), np.mean, n_resamples=resamples, method="percentile", rng=rng)
+    return result.confidence_interval.low, result.confidence_interval.high
+
+
 def plot_env(env: str, groups: list[Group], path: Path, resamples: int, seed: int) -> None:
     figure = Figure(figsize=(7, 4.5))
     FigureCanvasAgg(figure)
@@ -389,12 +397,8 @@ def plot_env(env: str, groups: list[Group], path: Path, resamples: int, seed: in
         (line,) = ax.plot(
             steps, curves.mean(axis=0), marker=".", label=f"{group.exp_name} ({n} seed{'s' * (n > 1)}, {group.budget:,} steps)"
         )
-        if n > 1:  # at each step, the 95% percentile bootstrap interval of the mean over seeds
-            rng = np.random.default_rng(seed)
-            band = scipy.stats.bootstrap(
-                (curves,), np.mean, n_resamples=resamples, method="percentile", rng=rng
-            ).confidence_interval
-            ax.fill_between(steps, band.low, band.high, color=line.get_color(), alpha=0.2)
+        if n > 1:
+            ax.fill_between(steps, *band(curves, resamples, seed), color=line.get_color(), alpha=0.2)
     ax.set(title=f"{env} (mean over seeds, 95% bootstrap CI)", xlabel="env steps", ylabel=f"eval {metric(env)[2]}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")

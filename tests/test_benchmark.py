@@ -112,21 +112,20 @@ def test_markdown_table(collected, runs_dir):
     # two seeds: the bootstrap means are 10, 20 or 30 (1/4, 1/2, 1/4), so the 95% percentile interval is [10, 30]
     assert (
         table_row(text, "fmer_continuous", "Hopper-v5")
-        == "| fmer_continuous | Hopper-v5 | return | 2 | 1, 2 ‡ | 1,000 † | 20.00 (14.14) | 20.00 [10.00, 30.00] "
-        "| 2913.45 (642.67) |"
+        == "| fmer_continuous | Hopper-v5 | return | 2 | 1, 2 ‡ | 1,000 † | 20.00 (14.14) | 20.00 [10.00, 30.00] | — |"
     )
     assert (
         table_row(text, "fmer_kitchen", "FrankaKitchen-v1-N2")
         == "| fmer_kitchen | FrankaKitchen-v1-N2 | completion % | 2 | 1, 2 ‡ | 1,000 † | 37.50 (17.68) | 37.50 [25.00, 50.00] "
-        "| 48.00 (4.47) |"
+        "| — |"
     )
     assert (
         table_row(text, "fmer_continuous", "Humanoid-v5")
         == "| fmer_continuous | Humanoid-v5 | return | 1 | 1 ‡ | 1,000,000 | 5200.00 (—) | 5200.00 [—] | 5286.12 (65.35) |"
     )
     assert table_row(text, "fmer_continuous", "Pendulum-v1").endswith("| -140.00 (—) | -140.00 [—] | — |")
-    assert table_row(text, "fmer_clip", "Hopper-v5").endswith("| 7.00 (—) | 7.00 [—] | 2704.55 (627.12) |")
-    assert "† shorter than the paper's 1M steps" in text
+    assert table_row(text, "fmer_clip", "Hopper-v5").endswith("| 7.00 (—) | 7.00 [—] | — |")  # 1,000 steps
+    assert "† shorter than the paper's 1M steps: no paper number beside it." in text
 
 
 def test_curves_interpolate_onto_common_steps():
@@ -152,7 +151,7 @@ def test_summarize_cli_writes_table_and_one_figure_per_env(runs_dir, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     text = (tmp_path / "summary.md").read_text()
-    assert "| 20.00 (14.14) | 20.00 [10.00, 30.00] | 2913.45 (642.67) |" in text
+    assert "| 20.00 (14.14) | 20.00 [10.00, 30.00] | — |" in text
     pngs = sorted(p.name for p in (tmp_path / "plots").iterdir())
     assert pngs == [f"curves-{env}.png" for env in ("FrankaKitchen-v1-N2", "Hopper-v5", "Humanoid-v5", "Pendulum-v1")]
     assert "![Hopper-v5](plots/curves-Hopper-v5.png)" in text  # links are relative to the table
@@ -291,6 +290,11 @@ def test_dry_run_grid_passes_unknown_flags_on_to_the_scripts_that_take_them():
     assert dry_run("--scripts", "fmer_multigoal.py", "--seeds", "1") == ["python fmer_multigoal.py --seed 1"]
     clash = cli("run.py", "--dry-run", "--preset", "mujoco", "--seed", "3")
     assert clash.returncode != 0 and "--seeds" in clash.stderr
+    both = ["fmer_continuous.py", "benchmark/sac_continuous.py"]
+    for scripts, more in ((["fmer_continuous.py"], ["1"]), (both, ["--exp-name", "x"])):  # a seed twice, one name for two
+        clash = cli("run.py", "--dry-run", "--scripts", *scripts, "--env-ids", "Pendulum-v1", "--seeds", "1", *more)
+        assert clash.returncode != 0 and clash.stderr.startswith("error: two runs of the grid are named Pendulum-v1__"), more
+        assert len(clash.stderr.strip().splitlines()) == 1, clash.stderr
 
 
 def test_every_preset_run_has_its_own_log_name():

@@ -112,3 +112,27 @@ def test_command_check_catches_a_removed_script(tmp_path):
         "```bash\npython benchmark/run.py --dry-run\nbash benchmark/gone.sh 1 2; python fmer_gone.py --seed 1\n```\n"
     )
     assert missing_files_in_commands(page) == ["benchmark/gone.sh", "fmer_gone.py"]
+
+
+SUMMARY = ROOT / "benchmark" / "results" / "cpu-fmer-sac-2026-12-03" / "summary.md"
+
+
+def table_rows(text: str) -> list[list[str]]:
+    return [
+        [cell.strip() for cell in line.strip().strip("|").split("|")] for line in text.splitlines() if line.startswith("| ")
+    ]
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/results.md"])
+def test_the_cpu_comparison_shows_its_summary_cell_for_cell(doc):
+    """The rows of FMER beside SAC on the CPU are summary.md's: mean (std), IQM [CI], seeds and P(FMER > SAC)."""
+    summary = table_rows(SUMMARY.read_text())
+    ours = {(r[0], r[1], r[5].split()[0]): r for r in summary if len(r) == 9 and r[0] in ("fmer_continuous", "sac_continuous")}
+    improvement = {(r[0], r[1]): r[3] for r in summary if len(r) == 4}  # (env, steps) -> P [CI]
+    shown = [r for r in table_rows((ROOT / doc).read_text()) if ("fmer_continuous", r[0], r[1].split()[0]) in ours]
+    assert len(shown) == 4, shown
+    for env, steps, fmer_seeds, fmer_mean, fmer_iqm, sac_seeds, sac_mean, sac_iqm, p in shown:
+        steps = steps.split()[0]
+        fmer, sac = ours[("fmer_continuous", env, steps)], ours[("sac_continuous", env, steps)]
+        assert (fmer_mean, fmer_iqm, sac_mean, sac_iqm, p) == (fmer[6], fmer[7], sac[6], sac[7], improvement[(env, steps)])
+        assert fmer_seeds.startswith(fmer[4].rstrip(" ‡")) and sac_seeds == sac[4].rstrip(" ‡"), env

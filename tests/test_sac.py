@@ -1,19 +1,23 @@
-"""benchmark/sac_continuous.py, the SAC baseline (Stable-Baselines3's SAC): bad input, its logs, stop and resume, seeding.
+"""benchmark/sac_continuous.py, the SAC baseline (Stable-Baselines3's SAC): bad input, its logs, stop and resume, seeding,
+and a local grid of benchmark/run.py that runs it beside FMER.
 
 Every run is tiny: Pendulum-v1, 300 steps, learning from step 100, evaluation every 150 steps on 2 episodes, CPU.
 """
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from stable_baselines3.common.save_util import load_from_pkl
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
 from benchmark import sac_continuous as sac  # benchmark/ is a namespace package under the repo root (pytest.ini)
+from benchmark import summarize
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = str(ROOT / "benchmark" / "sac_continuous.py")
@@ -79,6 +83,7 @@ def test_bad_input_gets_one_line(tmp_path):
     # the checks that command runs first, without a process each
     for check, message in [
         (lambda: sac.check_env("NoSuchEnv-v0"), "error: cannot make env 'NoSuchEnv-v0'"),
+        (lambda: sac.check_env("nomodule:Foo-v0"), "error: cannot make env 'nomodule:Foo-v0': ModuleNotFoundError"),
         (lambda: sac.check_env("CartPole-v1"), "error: SAC needs a continuous (Box) action space with finite bounds"),
         (lambda: sac.check_args(sac.Args(eval_episodes=0)), "error: --eval-episodes must be at least 1, got 0"),
         (lambda: sac.check_args(sac.Args(resume=True)), "error: --resume needs --run-name NAME"),
@@ -95,7 +100,7 @@ def test_a_run_writes_our_tags_and_no_state(plain):
     assert [step for step, _ in logged["charts/episodic_return"]] == [200]
     assert logged["charts/episodic_length"] == [(200, 200.0)]
     assert [step for step, _ in logged["charts/SPS"]] == list(range(50, 301, 50))
-    for tag in ("losses/critic_loss", "losses/actor_loss", "losses/alpha", "losses/alpha_loss"):
+    for tag in ("losses/qf_loss", "losses/actor_loss", "losses/alpha", "losses/alpha_loss"):
         assert [step for step, _ in logged[tag]] == [150, 200, 250, 300], tag  # from the first update on
     table = [
         value.tensor.string_val[0].decode()
@@ -112,7 +117,8 @@ def test_a_run_writes_our_tags_and_no_state(plain):
 
 def test_sigterm_saves_and_resume_continues_with_the_same_seeded_run(tmp_path, plain):
     """Stopped mid-episode by SIGTERM: exit 143 with the state of that step; the same command with --resume continues
-    to the end, every evaluation logged once. Up to the stop, the run equals the plain run of the same seed."""
+    to the end, every evaluation logged once. Up to the stop, the run equals the plain run of the same seed; resumed
+    twice, the state gives the same run; resumed with a longer budget, its buffer grows."""
     (tmp_path / "driver.py").write_text(DRIVER)
     command = [*TINY, "--run-name", "x", "--checkpoint-frequency", "100", "--resume"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -143,9 +149,51 @@ def test_sigterm_saves_and_resume_continues_with_the_same_seeded_run(tmp_path, p
         if tag != "charts/SPS":
             assert stopped[tag] == [(step, value) for step, value in points if step <= PAUSE], tag
 
+    for name in ("again", "longer"):  # the stopped run twice more: resumed the same way, and with a longer budget
+        shutil.copytree(run_dir, tmp_path / "runs" / name)
+    saved_buffer = load_from_pkl(run_dir / f"state_{PAUSE}_buffer.pkl")
+
     resumed = run(tmp_path, *command)
     assert resumed.returncode == 0, resumed.stderr
     assert f"resumed at step {PAUSE}" in resumed.stdout and "done: 300 steps" in resumed.stdout
     logged = scalars(run_dir)
     assert [step for step, _ in logged["eval/episodic_return"]] == [150, 300]
-    assert [step for step, _ in logged["losses/critic_loss"]] == [150, 200, 250, 300]
+    assert [step for step, _ in logged["losses/qf_loss"]] == [150, 200, 250, 300]
+    again = run(tmp_path, *command[:-4], "again", *command[-3:])
+    assert again.returncode == 0, again.stderr
+    assert {tag: points for tag, points in scalars(tmp_path / "runs" / "again").items() if tag != "charts/SPS"} == {
+        tag: points for tag, points in logged.items() if tag != "charts/SPS"
+    }  # one state resumes as one run
+
+    # --total-timesteps 400: the buffer grows to 400 rows, the saved ones first (SB3 alone would keep 300 and wrap)
+    longer = run(tmp_path, *["400" if a == "300" else a for a in command[:-4]], "longer", *command[-3:])
+    assert longer.returncode == 0 and "done: 400 steps" in longer.stdout, longer.stderr
+    buffer = load_from_pkl(tmp_path / "runs" / "longer" / "state_400_buffer.pkl")
+    assert buffer.buffer_size == 400 and (buffer.observations[:PAUSE] == saved_buffer.observations[:PAUSE]).all()
+    assert [step for step, _ in scalars(tmp_path / "runs" / "longer")["eval/episodic_return"]] == [150, 300, 400]
+
+
+@pytest.mark.slow
+def test_a_local_grid_runs_fmer_and_sac_and_summarize_reads_both(tmp_path):
+    """benchmark/run.py --scripts fmer_continuous.py benchmark/sac_continuous.py, two at a time, from a copy of the
+    scripts (the runs write runs/ beside it): both finish, SAC gets none of FMER's own flags (a note for each), and
+    summarize.py finds both runs with their evaluations."""
+    repo = tmp_path / "repo"
+    (repo / "benchmark").mkdir(parents=True)
+    for name in ("fmer_continuous.py", "benchmark/sac_continuous.py", "benchmark/run.py", "benchmark/summarize.py"):
+        shutil.copy(ROOT / name, repo / name)
+    fmer_only = ["--hidden-dim", "32", "--num-candidates", "4", "--ode-steps", "2", "--batch-size", "64"]
+    scripts = ["fmer_continuous.py", "benchmark/sac_continuous.py"]
+    command = [sys.executable, str(repo / "benchmark" / "run.py"), "--scripts", *scripts, "--env-ids", "Pendulum-v1"]
+    command += ["--seeds", "1", "--workers", "2", "--threads", "1", *TINY[2:], *fmer_only]  # TINY less its --env-id
+    grid = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert grid.returncode == 0 and "2 ok, 0 failed" in grid.stdout, grid.stdout + grid.stderr
+    dropped = [line.split(" takes no ")[1].split(":")[0] for line in grid.stderr.splitlines() if " takes no " in line]
+    assert dropped == ["--hidden-dim", "--num-candidates", "--ode-steps", "--batch-size"], grid.stderr
+    assert "--num-candidates" not in (repo / "benchmark" / "logs" / "Pendulum-v1__sac_continuous__1.log").read_text()
+    groups, notes = summarize.collect(repo / "runs", 0.1)
+    assert notes == []
+    assert sorted((g.exp_name, g.budget, [r.seed for r in g.runs], g.runs[0].steps.tolist()) for g in groups) == [
+        ("fmer_continuous", 300, [1], [150, 300]),
+        ("sac_continuous", 300, [1], [150, 300]),
+    ]

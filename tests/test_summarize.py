@@ -65,6 +65,21 @@ def test_stratified_bootstrap_resamples_within_each_env():
     assert summarize.interval_text(estimate, low, high) == "3.00 [—]"
 
 
+def test_intervals_of_two_seeds_by_hand():
+    """Two seeds resample to (a, a), (a, b), (b, a), (b, b), 1/4 each; a 95% percentile interval is then the 2.5% and
+    97.5% points of a distribution that can be written down."""
+    # the IQM (the mean) of [1, 3]: 1, 2, 3 with 1/4, 1/2, 1/4 -> [1, 3]
+    assert summarize.interval(summarize.iqm, [np.array([1.0, 3.0])], 9999, 0) == (2.0, 1.0, 3.0)
+    # pooled with [10, 10], 4 scores, one cut at each end: (0, 0) -> mean(0, 10) = 5 (1/4); (0, 2) or (2, 2) -> 6
+    assert summarize.interval(summarize.iqm, [np.array([0.0, 2.0]), np.array([10.0, 10.0])], 9999, 0) == (6.0, 5.0, 6.0)
+    # P(A > B), A = [1, 3], B = [2, 4]: 1 pair of 4 won. A (1, 1) wins none; (3, 3) against B (2, 2) wins all (1/16),
+    # so P is 1 with 6.25% > 2.5% and 0 with 1/4 + 1/8 + 1/16 = 43.75%: the interval is [0, 1]
+    assert summarize.interval(summarize.improvement, [np.array([1.0, 3.0]), np.array([2.0, 4.0])], 9999, 0) == (0.25, 0, 1)
+    # the curves' band: at each step the mean of two resampled seeds, [0, 2] at the first step, none at the second
+    low, high = summarize.band(np.array([[0.0, 10.0], [2.0, 10.0]]), 9999, 0)
+    assert low.tolist() == [0.0, 10.0] and high.tolist() == [2.0, 10.0]
+
+
 def write_run(runs_dir: Path, name: str, values: list[float], total: int = 1000) -> None:
     """A finished run as the scripts log it: the hyperparameter table and an eval every total / 2 steps."""
     writer = SummaryWriter(str(runs_dir / name))
