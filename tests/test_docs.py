@@ -129,8 +129,20 @@ def test_the_cpu_comparison_shows_its_summary_cell_for_cell(doc):
     summary = table_rows(SUMMARY.read_text())
     ours = {(r[0], r[1], r[5].split()[0]): r for r in summary if len(r) == 9 and r[0] in ("fmer_continuous", "sac_continuous")}
     improvement = {(r[0], r[1]): r[3] for r in summary if len(r) == 4}  # (env, steps) -> P [CI]
-    shown = [r for r in table_rows((ROOT / doc).read_text()) if ("fmer_continuous", r[0], r[1].split()[0]) in ours]
+    aggregate = {(r[0], r[1]): r[4] for r in summary if len(r) == 6}  # (script, steps) -> IQM [CI] of normalised scores
+    table = table_rows((ROOT / doc).read_text())
+    shown = [r for r in table if ("fmer_continuous", r[0], r[1].split()[0]) in ours]
     assert len(shown) == 4, shown
+    over_envs = [r for r in table if r[0] == "normalised, over both envs"]
+    assert len(over_envs) == 2, over_envs
+    for _, steps, _, _, fmer_iqm, _, _, sac_iqm, p in over_envs:
+        steps = steps.split()[0]
+        expected = (
+            aggregate[("fmer_continuous", steps)],
+            aggregate[("sac_continuous", steps)],
+            improvement[("mean over 2 envs", steps)],
+        )
+        assert (fmer_iqm, sac_iqm, p) == expected, steps
     for env, steps, fmer_seeds, fmer_mean, fmer_iqm, sac_seeds, sac_mean, sac_iqm, p in shown:
         steps = steps.split()[0]
         fmer, sac = ours[("fmer_continuous", env, steps)], ours[("sac_continuous", env, steps)]
